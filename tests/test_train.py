@@ -1,0 +1,122 @@
+import json
+import os
+
+import pytest
+import torch
+
+from tests.conftest import tiny
+from vmd import checkpoint
+from vmd.errors import CheckpointError
+from vmd.train import Trainer, TrainingInterrupted, train
+
+
+def weights(run_dir):
+    from safetensors.torch import load_file
+
+    return load_file(str(run_dir / "train_state.safetensors"))
+
+
+def test_run_directory_holds_weights_config_and_metadata(tmp_path):
+    cfg = tiny("vmd", steps=20)
+    train(cfg, tmp_path / "r")
+    files = {p.name for p in (tmp_path / "r").iterdir()}
+    assert files == {"config.yaml", "meta.json", "model.safetensors", "train_state.safetensors"}
+    meta = json.loads((tmp_path / "r" / "meta.json").read_text())
+    assert meta["step"] == 20 and meta["method"] == "vmd" and "torch" in meta["versions"]
+    assert set(meta["train_metrics"]) >= {"recon", "latent_kl", "bits_per_token"}
+    model, saved, step = checkpoint.load_model(tmp_path / "r")
+    assert saved == cfg and step == 20
+
+
+def test_loaded_model_matches_the_ema_weights(tmp_path):
+    cfg = tiny("mdm", steps=20)
+    trainer = train(cfg, tmp_path / "r")
+    model, _, _ = checkpoint.load_model(tmp_path / "r")
+    for k, v in model.state_dict().items():
+        assert torch.allclose(v, trainer.ema[k])
+    x = torch.full((3, 2), 10)
+    trainer.model.load_state_dict(trainer.ema)
+    assert torch.allclose(model(x), trainer.model.eval()(x))
+
+
+def test_resume_continues_exactly_where_it_stopped(tmp_path):
+    cfg = tiny("vmd", steps=30)
+    train(cfg, tmp_path / "straight")
+
+    def stop_at_10(progress):
+        if progress.step == 10:
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted) as e:
+        train(cfg, tmp_path / "split", callback=stop_at_10)
+    assert e.value.step == 10
+    assert json.loads((tmp_path / "split" / "meta.json").read_text())["step"] == 10
+    resumed = Trainer.resume(tmp_path / "split")
+    assert resumed.step == 10
+    resumed.run()
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "split")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+
+
+def test_an_existing_run_is_never_overwritten(tmp_path):
+    cfg = tiny(steps=10)
+    train(cfg, tmp_path / "r")
+    before = (tmp_path / "r" / "model.safetensors").read_bytes()
+    with pytest.raises(CheckpointError, match="already holds a run"):
+        train(cfg, tmp_path / "r")
+    assert (tmp_path / "r" / "model.safetensors").read_bytes() == before
+
+
+def test_an_interrupted_write_leaves_the_old_file_whole(tmp_path, monkeypatch):
+    cfg = tiny(steps=10)
+    train(cfg, tmp_path / "r")
+    before = (tmp_path / "r" / "train_state.safetensors").read_bytes()
+
+    def crash(src, dst):
+        raise OSError("disk vanished")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError):
+        checkpoint.atomic_write(tmp_path / "r" / "train_state.safetensors", b"new and half written")
+    assert (tmp_path / "r" / "train_state.safetensors").read_bytes() == before
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: (d / "model.safetensors").write_bytes(b"\x00" * 100), "corrupt"),
+    (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:500]), "corrupt"),
+    (lambda d: (d / "model.safetensors").unlink(), "no model.safetensors"),
+])
+def test_damaged_runs_give_a_clear_error(tmp_path, damage, message):
+    train(tiny(steps=10), tmp_path / "r")
+    damage(tmp_path / "r")
+    with pytest.raises(CheckpointError, match=message):
+        checkpoint.load_model(tmp_path / "r")
+
+
+def test_weights_that_do_not_match_the_config_are_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    train(tiny(steps=10), tmp_path / "r")
+    path = tmp_path / "r" / "model.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(path))
+    tensors["head.weight"] = torch.zeros(3, 3)
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(CheckpointError, match="do not match"):
+        checkpoint.load_model(tmp_path / "r")
+
+
+def test_loss_terms_are_logged_separately_and_kl_warms_up(tmp_path):
+    events = []
+    cfg = tiny("vmd", steps=40, latent={"kl_warmup_steps": 40})
+    train(cfg, tmp_path / "r", callback=events.append)
+    assert [e.step for e in events] == [10, 20, 30, 40]
+    assert [round(e.beta, 2) for e in events] == [0.25, 0.5, 0.75, 1.0]
+    for e in events:
+        assert e.metrics["latent_kl"] >= 0 and e.metrics["recon"] > 0
+        assert e.metrics["nelbo"] >= e.metrics["recon"]

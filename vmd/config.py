@@ -1,0 +1,299 @@
+"""Every setting as a typed dataclass; YAML presets, files and dotted overrides, strictly checked.
+
+A config is built from plain data (a preset's YAML, a user's file, ``--set a.b=c``
+overrides) by :func:`from_dict`, which rejects unknown keys, wrong types and values
+outside their choices before any work starts, naming the key path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from vmd.errors import ConfigError
+
+
+@dataclass
+class TaskConfig:
+    name: Literal["synthetic"] = "synthetic"
+    # synthetic: 2tok (k, k+1), 2tok-nonuniform (P(k) = (k+1)/55), d1, d2 (four tokens), corr (parameter p)
+    kind: Literal["2tok", "2tok-nonuniform", "d1", "d2", "corr"] = "2tok"
+    p: float = 1.0
+    vocab: int = 10
+
+
+@dataclass
+class ModelConfig:
+    dim: int = 64
+    layers: int = 2
+    heads: int = 4
+    mlp_ratio: int = 4
+    dropout: float = 0.0
+
+
+@dataclass
+class LatentConfig:
+    dim: int = 8
+    encoder_dim: int = 64
+    encoder_layers: int = 1
+    # normal: N(0, I) as in the paper; conditional: a learned mixture p(z | xt) with `components` parts
+    prior: Literal["normal", "conditional"] = "normal"
+    components: int = 1
+    prior_dim: int = 64
+    prior_layers: int = 1
+    beta: float = 1.0
+    kl_warmup_steps: int = 0
+    free_bits: float = 0.0
+
+
+@dataclass
+class DiffusionConfig:
+    schedule: Literal["linear", "cosine"] = "linear"
+    antithetic: bool = True
+    t_min: float = 1e-3
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    ema: float = 0.999
+    seed: int = 0
+    log_every: int = 50
+    checkpoint_every: int = 500
+
+
+@dataclass
+class SampleConfig:
+    nfe: int = 1
+    strategy: Literal["random", "top-prob", "top-margin"] = "random"
+    temperature: float = 1.0  # 0 means argmax
+    z_policy: Literal["once", "step"] = "once"
+    num_samples: int = 50000
+    batch_size: int = 5000
+    seed: int = 0
+
+
+@dataclass
+class DeviceConfig:
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+
+
+@dataclass
+class Config:
+    method: Literal["mdm", "vmd"] = "mdm"
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    latent: LatentConfig = field(default_factory=LatentConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+
+
+# Range checks beyond the types: key path -> (test, what a valid value is).
+_POSITIVE = (lambda v: v > 0, "a number > 0")
+_NON_NEGATIVE = (lambda v: v >= 0, "a number >= 0")
+_CHECKS: dict[str, tuple[Any, str]] = {
+    "task.p": (lambda v: 0.0 <= v <= 1.0, "a probability in [0, 1]"),
+    "task.vocab": (lambda v: v >= 2, "an integer >= 2"),
+    "model.dim": _POSITIVE, "model.layers": _POSITIVE, "model.heads": _POSITIVE,
+    "model.mlp_ratio": _POSITIVE, "model.dropout": (lambda v: 0.0 <= v < 1.0, "a rate in [0, 1)"),
+    "latent.dim": _POSITIVE, "latent.encoder_dim": _POSITIVE, "latent.encoder_layers": _POSITIVE,
+    "latent.components": _POSITIVE, "latent.prior_dim": _POSITIVE, "latent.prior_layers": _POSITIVE,
+    "latent.beta": _NON_NEGATIVE, "latent.kl_warmup_steps": _NON_NEGATIVE, "latent.free_bits": _NON_NEGATIVE,
+    "diffusion.t_min": (lambda v: 0.0 <= v < 1.0, "a time in [0, 1)"),
+    "train.steps": _POSITIVE, "train.batch_size": _POSITIVE, "train.lr": _POSITIVE,
+    "train.weight_decay": _NON_NEGATIVE, "train.warmup_steps": _NON_NEGATIVE,
+    "train.min_lr_ratio": (lambda v: 0.0 <= v <= 1.0, "a ratio in [0, 1]"),
+    "train.grad_clip": _NON_NEGATIVE, "train.ema": (lambda v: 0.0 <= v < 1.0, "a decay in [0, 1) (0 turns EMA off)"),
+    "train.log_every": _POSITIVE, "train.checkpoint_every": _POSITIVE,
+    "sample.nfe": (lambda v: v >= 1, "an integer >= 1"), "sample.temperature": _NON_NEGATIVE,
+    "sample.num_samples": _POSITIVE, "sample.batch_size": _POSITIVE,
+}
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(c) for c in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Check one leaf value against its annotated type; int is accepted where float is."""
+    if typing.get_origin(tp) is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{path}: {value!r} is not valid; choose one of {', '.join(map(str, choices))}")
+        return value
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    ok = (
+        (tp is bool and isinstance(value, bool))
+        or (tp is int and isinstance(value, int) and not isinstance(value, bool))
+        or (tp is float and isinstance(value, (int, float)) and not isinstance(value, bool))
+        or (tp is str and isinstance(value, str))
+    )
+    if not ok:
+        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    return float(value) if tp is float else value
+
+
+def _unknown_key(key: str, choices: list[str], path: str) -> ConfigError:
+    near = difflib.get_close_matches(key, choices, n=1)
+    hint = f" (did you mean '{near[0]}'?)" if near else ""
+    where = f"'{path}.{key}'" if path else f"'{key}'"
+    return ConfigError(f"unknown key {where}{hint}; valid keys here: {', '.join(choices)}")
+
+
+def _build(cls: type, data: Any, path: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or 'config'}: expected a mapping of keys, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise _unknown_key(str(key), names, path)
+        sub = f"{path}.{key}" if path else key
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value if value is not None else {}, sub)
+        else:
+            kwargs[key] = _coerce(value, tp, sub)
+            check = _CHECKS.get(sub)
+            if check and not check[0](kwargs[key]):
+                raise ConfigError(f"{sub}: {value!r} is out of range; expected {check[1]}")
+    return cls(**kwargs)
+
+
+def from_dict(data: dict) -> Config:
+    """Build and validate a :class:`Config` from nested plain data."""
+    cfg = _build(Config, data, "")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Checks that involve more than one key."""
+    if cfg.model.dim % cfg.model.heads:
+        raise ConfigError(f"model.dim ({cfg.model.dim}) must be a multiple of model.heads ({cfg.model.heads})")
+    for part in ("encoder_dim", "prior_dim"):
+        if getattr(cfg.latent, part) % cfg.model.heads:
+            raise ConfigError(f"latent.{part} must be a multiple of model.heads ({cfg.model.heads})")
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+    return data
+
+
+def presets_dir() -> Path:
+    """The bundled presets: ``presets/`` of a source checkout, or the copy installed as ``vmd.presets``."""
+    checkout = Path(__file__).resolve().parent.parent / "presets"
+    if checkout.is_dir():
+        return checkout
+    from importlib import resources
+
+    return Path(str(resources.files("vmd.presets")))
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in presets_dir().glob("*.yaml"))
+
+
+def preset_data(name: str) -> dict:
+    path = presets_dir() / f"{name}.yaml"
+    if not path.is_file():
+        names = list_presets()
+        near = difflib.get_close_matches(name, names, n=1)
+        hint = f" (did you mean '{near[0]}'?)" if near else ""
+        raise ConfigError(f"unknown preset '{name}'{hint}; available: {', '.join(names)}")
+    return _read_yaml(path)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (['a', 'b', 'c'], value), the value read as YAML (so 3 is an int)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key.path=value")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override '{text}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    data = merge({}, data)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = data
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{text}': '{p}' is not a section")
+        node[parts[-1]] = value
+    return data
+
+
+def load(preset: str | None = None, file: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Resolve a config: defaults < preset < user file < ``--set`` overrides."""
+    data: dict = {}
+    if preset:
+        data = merge(data, preset_data(preset))
+    if file:
+        data = merge(data, _read_yaml(Path(file)))
+    data = apply_overrides(data, overrides or [])
+    return from_dict(data)
+
+
+def load_yaml_text(text: str) -> Config:
+    """A config saved with a run (its YAML text)."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"saved config is not valid YAML: {str(e).splitlines()[0]}") from e
+    return from_dict(data or {})

@@ -1,0 +1,60 @@
+"""Metrics of a trained model: the task's sample metrics, and for a VMD the state of its latent."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from vmd.config import Config, SampleConfig
+from vmd.diffusion import mask_tokens
+from vmd.model.latent import reparameterize
+from vmd.sampling import generate
+from vmd.schedule import make_schedule, sample_t
+
+ACTIVE_THRESHOLD = 0.01  # a latent dimension is active if Var_x[E_q(z_d | x)] exceeds this (Burda et al.)
+
+
+@torch.no_grad()
+def draw_samples(model, task, sc: SampleConfig, schedule_name: str = "linear", device="cpu",
+                 on_batch: Callable[[int], None] | None = None) -> torch.Tensor:
+    """``sc.num_samples`` sequences in batches of ``sc.batch_size``, seeded by ``sc.seed``."""
+    gen = torch.Generator(device=device).manual_seed(sc.seed)
+    schedule = make_schedule(schedule_name)
+    out, left = [], sc.num_samples
+    while left > 0:
+        n = min(sc.batch_size, left)
+        x, _ = task.start(n)
+        x = generate(model, x.to(device), nfe=sc.nfe, strategy=sc.strategy, temperature=sc.temperature,
+                     z_policy=sc.z_policy, schedule=schedule, generator=gen)
+        out.append(x.cpu())
+        left -= n
+        if on_batch:
+            on_batch(n)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def latent_stats(model, task, cfg: Config, n: int = 4096, seed: int = 0, device="cpu") -> dict[str, float]:
+    """Mean KL(q(z | x0, xt) || prior) over training-like (x0, t) and the count of active dimensions."""
+    gen = torch.Generator().manual_seed(seed)
+    x0, given = task.train_batch(n, gen)
+    x0 = x0.to(device)
+    given = given.to(device) if given is not None else None
+    dgen = torch.Generator(device=device).manual_seed(seed)
+    schedule = make_schedule(cfg.diffusion.schedule)
+    t = sample_t(n, antithetic=True, t_min=cfg.diffusion.t_min, generator=dgen, device=device)
+    xt, masked = mask_tokens(x0, t, schedule, model.mask_id, given, dgen)
+    mu, logvar = model.encode(x0, masked)
+    z = reparameterize(mu, logvar, dgen)
+    kl = model.prior(xt).kl(mu, logvar, z).sum(1) * masked.any(1)
+    active = int((mu[masked.any(1)].var(0) > ACTIVE_THRESHOLD).sum())
+    return {"latent_kl": float(kl.mean()), "active_dims": active, "latent_dim": model.latent_dim}
+
+
+def evaluate(model, task, cfg: Config, sc: SampleConfig, device="cpu", on_batch=None) -> dict[str, float]:
+    samples = draw_samples(model, task, sc, cfg.diffusion.schedule, device, on_batch)
+    metrics = dict(task.metrics(samples))
+    if model.has_latent:
+        metrics.update(latent_stats(model, task, cfg, device=device))
+    return metrics

@@ -1,0 +1,64 @@
+"""The denoiser shared by MDM and VMD, with VMD's encoder and prior beside it."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vmd.config import Config
+from vmd.model.latent import ConditionalPrior, Encoder, StandardNormal
+from vmd.model.transformer import Trunk
+
+
+class MaskedDiffusionModel(nn.Module):
+    """f(xt[, z]) -> logits over the ``vocab`` clean tokens; id ``vocab`` is [MASK].
+
+    The [MASK] logit is never predicted (SUBS): the head has ``vocab`` outputs only, and
+    unmasked positions are copied through by the loss and the sampler.
+    """
+
+    def __init__(self, cfg: Config, vocab: int, length: int):
+        super().__init__()
+        m, lat = cfg.model, cfg.latent
+        self.vocab, self.length, self.mask_id = vocab, length, vocab
+        self.latent_dim = lat.dim if cfg.method == "vmd" else 0
+        self.trunk = Trunk(vocab + 1, length, m.dim, m.layers, m.heads, m.mlp_ratio, m.dropout,
+                           cond_dim=self.latent_dim)
+        self.head = nn.Linear(m.dim, vocab)
+        self.encoder = self.prior_net = None
+        if self.latent_dim:
+            self.encoder = Encoder(vocab, length, lat.dim, lat.encoder_dim, lat.encoder_layers, m.heads)
+            if lat.prior == "conditional":
+                self.prior_net = ConditionalPrior(vocab + 1, length, lat.dim, lat.components,
+                                                  lat.prior_dim, lat.prior_layers, m.heads)
+
+    @property
+    def has_latent(self) -> bool:
+        return self.latent_dim > 0
+
+    def forward(self, xt: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.trunk(xt, cond=z))
+
+    def encode(self, x0: torch.Tensor, masked: torch.Tensor):
+        """q(z | x0, xt) as (mu, logvar); the encoder sees x0 and which positions are masked."""
+        return self.encoder(x0, masked)
+
+    def prior(self, xt: torch.Tensor):
+        """p(z) or p(z | xt), as an object with ``sample`` and ``kl``."""
+        if self.prior_net is not None:
+            return self.prior_net(xt)
+        return StandardNormal(xt.shape[0], self.latent_dim, xt.device)
+
+    def sample_z(self, xt: torch.Tensor, generator=None) -> torch.Tensor | None:
+        """A latent drawn from the prior given the current sequence; None for an MDM."""
+        if not self.has_latent:
+            return None
+        return self.prior(xt).sample(generator)
+
+
+def build_model(cfg: Config, vocab: int, length: int) -> MaskedDiffusionModel:
+    return MaskedDiffusionModel(cfg, vocab, length)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

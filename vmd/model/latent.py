@@ -1,0 +1,112 @@
+"""The latent z of VMD: the encoder q(z | x0, xt) and the priors p(z) / p(z | xt) (method.md §2, §5).
+
+Each prior, given the current sequence, returns a distribution object with ``sample``
+and ``kl(mu, logvar, z)``: the KL of the encoder's diagonal Gaussian against it, per
+latent dimension where it has a closed form (then free bits act per dimension), or as
+one single-sample Monte-Carlo estimate ``log q(z) - log p(z)`` for a mixture.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from vmd.model.transformer import Trunk
+
+LOGVAR_MIN, LOGVAR_MAX = -12.0, 4.0
+_LOG_2PI = math.log(2 * math.pi)
+
+
+def gaussian_log_prob(z, mu, logvar):
+    """Per-dimension log N(z; mu, exp(logvar))."""
+    return -0.5 * (_LOG_2PI + logvar + (z - mu) ** 2 * torch.exp(-logvar))
+
+
+def gaussian_kl(mu_q, logvar_q, mu_p, logvar_p):
+    """Per-dimension KL(N(mu_q, var_q) || N(mu_p, var_p))."""
+    return 0.5 * (logvar_p - logvar_q + (torch.exp(logvar_q) + (mu_q - mu_p) ** 2) * torch.exp(-logvar_p) - 1.0)
+
+
+def reparameterize(mu, logvar, generator=None):
+    eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+    return mu + torch.exp(0.5 * logvar) * eps
+
+
+class StandardNormal:
+    """N(0, I), the paper's prior: blind to the sequence it is drawn for."""
+
+    def __init__(self, batch: int, dim: int, device):
+        self.batch, self.dim, self.device = batch, dim, device
+
+    def sample(self, generator=None):
+        return torch.randn(self.batch, self.dim, generator=generator, device=self.device)
+
+    def kl(self, mu, logvar, z):
+        zero = torch.zeros_like(mu)
+        return gaussian_kl(mu, logvar, zero, zero)
+
+
+class Mixture:
+    """A diagonal-Gaussian mixture per sequence: weights (B, K), means and log-variances (B, K, d)."""
+
+    def __init__(self, logits, means, logvars):
+        self.logits, self.means, self.logvars = logits, means, logvars
+
+    def sample(self, generator=None):
+        probs = torch.softmax(self.logits.float(), dim=-1)
+        k = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        rows = torch.arange(k.shape[0], device=k.device)
+        return reparameterize(self.means[rows, k], self.logvars[rows, k], generator)
+
+    def log_prob(self, z):
+        per = gaussian_log_prob(z[:, None, :], self.means, self.logvars).sum(-1)
+        return torch.logsumexp(torch.log_softmax(self.logits, -1) + per, dim=-1)
+
+    def kl(self, mu, logvar, z):
+        if self.logits.shape[1] == 1:  # one component: exact, per dimension
+            return gaussian_kl(mu, logvar, self.means[:, 0], self.logvars[:, 0])
+        log_q = gaussian_log_prob(z, mu, logvar).sum(-1)
+        return (log_q - self.log_prob(z))[:, None]
+
+
+class Encoder(nn.Module):
+    """q(z | x0, xt): a small transformer over the clean tokens and the mask indicator."""
+
+    def __init__(self, vocab: int, length: int, latent_dim: int, dim: int, layers: int, heads: int):
+        super().__init__()
+        self.trunk = Trunk(vocab, length, dim, layers, heads, flags=2)
+        self.out = nn.Linear(dim, 2 * latent_dim)
+        nn.init.zeros_(self.out.bias)
+        self.out.weight.data.mul_(0.1)
+
+    def forward(self, x0, masked):
+        h = self.trunk(x0, flags=masked).mean(dim=1)
+        mu, logvar = self.out(h).chunk(2, dim=-1)
+        return mu, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
+
+
+class ConditionalPrior(nn.Module):
+    """p(z | xt): a mixture of ``components`` diagonal Gaussians whose parameters a small
+    transformer reads off the partly masked sequence (method.md §5; one component is a
+    conditional Gaussian)."""
+
+    def __init__(self, tokens: int, length: int, latent_dim: int, components: int, dim: int, layers: int, heads: int):
+        super().__init__()
+        self.k, self.d = components, latent_dim
+        self.trunk = Trunk(tokens, length, dim, layers, heads)
+        self.out = nn.Linear(dim, components * (1 + 2 * latent_dim))
+        self.out.weight.data.mul_(0.01)
+        nn.init.zeros_(self.out.bias)
+        if components > 1:  # spread the components apart so that they can specialise
+            means = self.out.bias.data[components: components * (1 + latent_dim)]
+            means.copy_(torch.randn(components * latent_dim))
+
+    def forward(self, xt) -> Mixture:
+        h = self.out(self.trunk(xt).mean(dim=1))
+        b = h.shape[0]
+        logits = h[:, : self.k]
+        means = h[:, self.k: self.k * (1 + self.d)].view(b, self.k, self.d)
+        logvars = h[:, self.k * (1 + self.d):].view(b, self.k, self.d).clamp(LOGVAR_MIN, LOGVAR_MAX)
+        return Mixture(logits, means, logvars)

@@ -1,0 +1,75 @@
+"""A small bidirectional transformer: torch SDPA attention, optional adaLN conditioning.
+
+One ``Trunk`` serves the denoiser f(xt, z), the encoder q(z | x0, xt) and the
+conditional prior p(z | xt): token and position embeddings, pre-norm blocks and a
+final norm. With ``cond_dim > 0`` every block's norms take a shift and a scale (and
+each residual branch a gate) from the conditioning vector (adaLN, as in VADD/DiT);
+the modulation starts at zero, so at initialisation the blocks are plain blocks.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, heads: int, mlp_ratio: int, dropout: float, cond_dim: int = 0):
+        super().__init__()
+        self.heads = heads
+        self.dropout = dropout
+        affine = cond_dim == 0
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=affine)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=affine)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim))
+        self.ada = None
+        if cond_dim:
+            self.ada = nn.Linear(cond_dim, 6 * dim)
+            nn.init.zeros_(self.ada.weight)
+            nn.init.zeros_(self.ada.bias)
+
+    def attention(self, h: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        b, n, d = h.shape
+        q, k, v = self.qkv(h).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        p = self.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+    def forward(self, x, cond=None, attn_mask=None):
+        if self.ada is None:
+            x = x + self.attention(self.norm1(x), attn_mask)
+            return x + self.mlp(self.norm2(x))
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(cond)[:, None, :].chunk(6, dim=-1)
+        x = x + (1 + gate1) * self.attention(self.norm1(x) * (1 + scale1) + shift1, attn_mask)
+        return x + (1 + gate2) * self.mlp(self.norm2(x) * (1 + scale2) + shift2)
+
+
+class Trunk(nn.Module):
+    """Embeddings + blocks + final norm. ``tokens`` counts every input id (mask included)."""
+
+    def __init__(self, tokens: int, length: int, dim: int, layers: int, heads: int,
+                 mlp_ratio: int = 4, dropout: float = 0.0, cond_dim: int = 0, flags: int = 0):
+        super().__init__()
+        self.tok = nn.Embedding(tokens, dim)
+        self.pos = nn.Parameter(torch.randn(length, dim) * 0.02)
+        # optional per-position binary flags (e.g. "this position is masked" for the encoder)
+        self.flag = nn.Embedding(2, dim) if flags else None
+        self.cond = None
+        if cond_dim:
+            self.cond = nn.Sequential(nn.Linear(cond_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.blocks = nn.ModuleList(
+            Block(dim, heads, mlp_ratio, dropout, cond_dim=dim if cond_dim else 0) for _ in range(layers)
+        )
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, ids, cond=None, flags=None, attn_mask=None):
+        h = self.tok(ids) + self.pos[: ids.shape[1]]
+        if self.flag is not None:
+            h = h + self.flag(flags.long())
+        c = self.cond(cond) if self.cond is not None else None
+        for block in self.blocks:
+            h = block(h, c, attn_mask)
+        return self.norm(h)

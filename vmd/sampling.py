@@ -1,0 +1,115 @@
+"""The reverse process (method.md §4): ``nfe`` denoiser calls from t=1 to t=0.
+
+Each step asks the denoiser for logits, decides how many masked positions to reveal
+(so many that the expected share still masked follows 1 - alpha_t, all of them after
+the last step), picks which (``random``, ``top-prob`` or ``top-margin``) and what value
+(argmax, or a float64 Gumbel-max draw at a temperature). Given positions never change.
+Where the latent comes from is one small pluggable policy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from vmd.schedule import LinearSchedule, Schedule
+
+STRATEGIES = ("random", "top-prob", "top-margin")
+
+
+class DrawOnce:
+    """z drawn once from the prior given the starting sequence (the VMD paper)."""
+
+    def start(self, model, x, generator):
+        return model.sample_z(x, generator)
+
+    def step(self, model, x, z, generator):
+        return z
+
+
+class DrawEveryStep(DrawOnce):
+    """z redrawn before every step, from the prior given the current sequence (VADD)."""
+
+    def step(self, model, x, z, generator):
+        return model.sample_z(x, generator)
+
+
+Z_POLICIES = {"once": DrawOnce, "step": DrawEveryStep}
+
+
+@dataclass
+class Step:
+    """What a step callback sees: after step ``index`` of ``nfe``."""
+
+    index: int
+    nfe: int
+    x: torch.Tensor  # (B, L) current sequence, mask id where still masked
+    revealed: torch.Tensor  # (B, L) bool: positions filled in this step
+    z: torch.Tensor | None
+
+
+def unmask_counts(masked_now, masked_at_start, s: float, schedule: Schedule):
+    """How many to reveal now so that round(M0 * (1 - alpha_s)) stay masked after this step."""
+    keep = torch.round(masked_at_start.double() * float(schedule.mask_prob(torch.tensor(s))))
+    return (masked_now - keep.long()).clamp(min=0)
+
+
+def choose_values(logits, temperature: float, generator=None):
+    """argmax at temperature 0; otherwise a categorical draw by Gumbel-max in float64."""
+    logits = logits.double()
+    if temperature == 0:
+        return logits.argmax(-1)
+    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)
+    gumbel = -torch.log(-torch.log(u.clamp_min(1e-300)))
+    return (logits / temperature + gumbel).argmax(-1)
+
+
+def scores(logits, strategy: str, generator=None):
+    """How much each position wants to be revealed now (higher first)."""
+    if strategy == "random":
+        return torch.rand(logits.shape[:2], generator=generator, device=logits.device, dtype=torch.float64)
+    probs = torch.softmax(logits.double(), -1)
+    if strategy == "top-prob":
+        return probs.max(-1).values
+    if strategy == "top-margin":
+        top2 = probs.topk(2, dim=-1).values
+        return top2[..., 0] - top2[..., 1]
+    raise ValueError(f"unknown strategy '{strategy}'; choose one of {', '.join(STRATEGIES)}")
+
+
+@torch.no_grad()
+def generate(model, x: torch.Tensor, *, nfe: int, strategy: str = "random", temperature: float = 1.0,
+             z_policy: str = "once", schedule: Schedule | None = None, generator=None,
+             z: torch.Tensor | None = None, callback: Callable[[Step], None] | None = None) -> torch.Tensor:
+    """Fill every position of ``x`` that holds the mask id; return the completed sequences.
+
+    ``z`` fixes the starting latent (for a VMD); otherwise the policy draws it.
+    """
+    if nfe < 1:
+        raise ValueError(f"nfe must be >= 1, got {nfe}")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy '{strategy}'; choose one of {', '.join(STRATEGIES)}")
+    schedule = schedule or LinearSchedule()
+    policy = Z_POLICIES[z_policy]()
+    x = x.clone()
+    start = (x == model.mask_id).sum(1)
+    if z is None:
+        z = policy.start(model, x, generator)
+    for k in range(nfe):
+        if k:
+            z = policy.step(model, x, z, generator)
+        masked = x == model.mask_id
+        n = unmask_counts(masked.sum(1), start, 1.0 - (k + 1) / nfe, schedule)
+        logits = model(x, z)
+        values = choose_values(logits, temperature, generator)
+        score = scores(logits, strategy, generator).masked_fill(~masked, float("-inf"))
+        rank = torch.empty_like(x)
+        order = score.argsort(dim=1, descending=True)
+        rank.scatter_(1, order, torch.arange(x.shape[1], device=x.device).expand_as(x))
+        revealed = masked & (rank < n[:, None])
+        x = torch.where(revealed, values, x)
+        if callback is not None:
+            callback(Step(k + 1, nfe, x, revealed, z))
+    return x

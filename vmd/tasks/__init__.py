@@ -1,0 +1,19 @@
+"""Tasks: the only place that knows a domain (vocabulary, given positions, data, metrics).
+
+A task has ``vocab`` (clean token ids 0..vocab-1; id ``vocab`` is [MASK]), ``length``,
+``train_batch(n, generator) -> (x0, given)``, ``start(n) -> (x, given)`` (what generation
+starts from; ``given`` marks positions that never change, or is None), ``metrics(samples)``
+and ``format(x)``. Training, sampling and the CLI stay domain-free.
+"""
+
+from __future__ import annotations
+
+from vmd.config import TaskConfig
+
+
+def make_task(cfg: TaskConfig):
+    if cfg.name == "synthetic":
+        from vmd.tasks.synthetic import SyntheticTask
+
+        return SyntheticTask(cfg)
+    raise ValueError(f"unknown task {cfg.name!r}")

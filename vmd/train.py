@@ -1,0 +1,195 @@
+"""The training loop: AdamW, warm-up then cosine decay, gradient clipping, EMA, AMP,
+atomic checkpoints and exact resume. Progress goes to a callback (the CLI draws it)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from vmd import checkpoint
+from vmd.config import Config
+from vmd.diffusion import diffusion_loss, kl_weight
+from vmd.errors import CheckpointError, ConfigError
+from vmd.model import build_model, count_parameters
+from vmd.schedule import make_schedule
+from vmd.tasks import make_task
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device.device: 'cuda' was asked for but no CUDA device is available; use auto or cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("device.device: 'mps' was asked for but MPS is not available; use auto or cpu")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, precision: str):
+    """Mixed precision as the preset says; fp32 is no autocast at all."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@dataclass
+class Progress:
+    step: int
+    total: int
+    metrics: dict[str, float]
+    lr: float
+    beta: float
+    steps_per_s: float
+    elapsed_s: float
+
+
+class TrainingInterrupted(Exception):
+    def __init__(self, step: int, run_dir: Path):
+        super().__init__(f"interrupted at step {step}; checkpoint saved in {run_dir}")
+        self.step, self.run_dir = step, run_dir
+
+
+@dataclass
+class Trainer:
+    cfg: Config
+    run_dir: Path
+    callback: Callable[[Progress], None] | None = None
+    step: int = 0
+    elapsed: float = 0.0
+    last_metrics: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        cfg = self.cfg
+        self.run_dir = Path(self.run_dir)
+        self.device = resolve_device(cfg.device.device)
+        torch.manual_seed(cfg.train.seed)
+        self.task = make_task(cfg.task)
+        self.model = build_model(cfg, self.task.vocab, self.task.length).to(self.device)
+        self.parameters = count_parameters(self.model)
+        self.schedule = make_schedule(cfg.diffusion.schedule)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
+                                     betas=(0.9, 0.99))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.device.precision == "fp16")
+        self.ema = {k: v.detach().clone().float() for k, v in self.model.state_dict().items()} if cfg.train.ema > 0 else None
+        self.data_gen = torch.Generator().manual_seed(cfg.train.seed)
+        self.noise_gen = torch.Generator(device=self.device).manual_seed(cfg.train.seed + 1)
+
+    @classmethod
+    def create(cls, cfg: Config, run_dir: Path, callback=None) -> "Trainer":
+        """A new run in ``run_dir``, which must not hold a run already (nothing is overwritten)."""
+        if checkpoint.has_checkpoint(run_dir):
+            raise CheckpointError(f"{run_dir} already holds a run; continue it with --resume or choose another --out")
+        return cls(cfg, run_dir, callback)
+
+    @classmethod
+    def resume(cls, run_dir: Path, overrides: Callable[[Config], Config] | None = None, callback=None) -> "Trainer":
+        state = checkpoint.load_train_state(run_dir)
+        cfg = overrides(state["config"]) if overrides else state["config"]
+        trainer = cls(cfg, run_dir, callback)
+        checkpoint.load_into(trainer.model, state["model"], run_dir)
+        if trainer.ema is not None:
+            trainer.ema = {k: v.to(trainer.device).float() for k, v in (state["ema"] or trainer.model.state_dict()).items()}
+        try:
+            trainer.opt.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise CheckpointError(f"{run_dir}: optimiser state does not match the model ({e})") from e
+        if state["scaler"]:
+            trainer.scaler.load_state_dict(state["scaler"])
+        trainer.data_gen.set_state(state["rng"]["data"])
+        trainer.noise_gen.set_state(state["rng"]["noise"].to(torch.uint8))
+        trainer.step = state["step"]
+        meta = checkpoint.read_meta(run_dir)
+        trainer.elapsed = float(meta.get("elapsed_s", 0.0))
+        trainer.last_metrics = meta.get("train_metrics", {})
+        return trainer
+
+    def save(self) -> None:
+        meta = {"elapsed_s": round(self.elapsed, 2), "parameters": self.parameters,
+                "train_metrics": self.last_metrics, "device": str(self.device)}
+        checkpoint.save(self.run_dir, self.cfg, self.step, self.model.state_dict(), self.ema, self.opt,
+                        self.scaler.state_dict() if self.scaler.is_enabled() else None,
+                        {"data": self.data_gen.get_state(), "noise": self.noise_gen.get_state()}, meta)
+
+    def _update_ema(self) -> None:
+        decay = min(self.cfg.train.ema, (1 + self.step) / (10 + self.step))
+        with torch.no_grad():
+            for k, v in self.model.state_dict().items():
+                if v.dtype.is_floating_point:
+                    self.ema[k].lerp_(v.float(), 1 - decay)
+                else:
+                    self.ema[k].copy_(v)
+
+    def train_step(self) -> dict[str, float]:
+        cfg, tc = self.cfg, self.cfg.train
+        for group in self.opt.param_groups:
+            group["lr"] = tc.lr * lr_factor(self.step, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
+        x0, given = self.task.train_batch(tc.batch_size, self.data_gen)
+        x0 = x0.to(self.device)
+        given = given.to(self.device) if given is not None else None
+        with autocast(self.device, cfg.device.precision):
+            out = diffusion_loss(self.model, x0, self.schedule, cfg.diffusion, cfg.latent, self.step, given, self.noise_gen)
+        if not torch.isfinite(out.loss):
+            raise FloatingPointError(f"loss is {float(out.loss)} at step {self.step}; lower train.lr or use fp32")
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(out.loss).backward()
+        if tc.grad_clip > 0:
+            self.scaler.unscale_(self.opt)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.step += 1
+        if self.ema is not None:
+            self._update_ema()
+        return out.metrics()
+
+    def run(self) -> dict[str, float]:
+        tc = self.cfg.train
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.model.train()
+        window: list[dict[str, float]] = []
+        t_last, steps_last = time.perf_counter(), self.step
+        try:
+            while self.step < tc.steps:
+                t0 = time.perf_counter()
+                window.append(self.train_step())
+                self.elapsed += time.perf_counter() - t0
+                if self.step % tc.log_every == 0 or self.step == tc.steps:
+                    self.last_metrics = {k: sum(m[k] for m in window) / len(window) for k in window[0]}
+                    window.clear()
+                    now = time.perf_counter()
+                    rate = (self.step - steps_last) / max(now - t_last, 1e-9)
+                    t_last, steps_last = now, self.step
+                    if self.callback:
+                        self.callback(Progress(self.step, tc.steps, self.last_metrics, self.opt.param_groups[0]["lr"],
+                                               kl_weight(self.cfg.latent, self.step), rate, self.elapsed))
+                if self.step % tc.checkpoint_every == 0 or self.step == tc.steps:
+                    self.save()
+        except KeyboardInterrupt:
+            self.save()
+            raise TrainingInterrupted(self.step, self.run_dir) from None
+        return self.last_metrics
+
+
+def train(cfg: Config, run_dir: Path, callback=None) -> Trainer:
+    """Train a new run into ``run_dir`` to the end."""
+    trainer = Trainer.create(cfg, run_dir, callback)
+    trainer.run()
+    return trainer

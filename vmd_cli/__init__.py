@@ -1,0 +1,1 @@
+"""Command line and terminal UI for vmd."""

@@ -1,0 +1,195 @@
+"""The ``vmd`` command line: a thin layer over the library."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from vmd import config as C
+from vmd.errors import VmdError
+
+app = typer.Typer(
+    help="Masked diffusion (MDM) and variational masked diffusion (VMD) on discrete data.\n\n"
+    "Examples:\n\n"
+    "  vmd train --preset synthetic-2tok-vmd\n\n"
+    "  vmd eval runs/synthetic-2tok-vmd --nfe 1\n\n"
+    "  vmd sample runs/synthetic-2tok-vmd -n 8",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def friendly(fn):
+    """Turn the library's user-facing errors into one line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except VmdError as e:
+            fail(str(e))
+
+    return wrapper
+
+
+def default_out(name: str) -> Path:
+    """runs/NAME, or runs/NAME-2, -3, ... so that no earlier run is overwritten."""
+    base = Path("runs") / name
+    path, i = base, 2
+    while path.exists():
+        path, i = Path(f"{base}-{i}"), i + 1
+    return path
+
+
+def _sample_config(cfg: C.Config, **options) -> C.SampleConfig:
+    """The run's sampling settings with the command-line options on top, validated like a preset."""
+    sets = [f"sample.{k}={v}" for k, v in options.items() if v is not None]
+    data = C.apply_overrides({"sample": C.to_dict(cfg)["sample"]}, sets)
+    return C.from_dict(data).sample
+
+
+@app.command(epilog="Examples:\n\n"
+             "  vmd train --preset synthetic-2tok-vmd\n\n"
+             "  vmd train --preset synthetic-d1-vmd --set train.steps=3000 --out runs/d1\n\n"
+             "  vmd train --config my.yaml --set device.precision=bf16\n\n"
+             "  vmd train --resume runs/d1 --set train.steps=6000")
+@friendly
+def train(
+    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="A bundled preset (an unknown name lists them)."),
+    config_file: Optional[Path] = typer.Option(None, "--config", "-c", help="A YAML config file, applied over the preset."),
+    sets: List[str] = typer.Option([], "--set", "-s", help="Override one key, e.g. train.steps=2000 (repeatable)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory [default: runs/PRESET]."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from its last checkpoint."),
+):
+    """Train a model from a preset or config file; checkpoints go to the run directory."""
+    from vmd.train import Trainer, TrainingInterrupted
+    from vmd_cli.progress import TrainProgress
+
+    if resume is not None:
+        if preset or config_file or out_dir:
+            fail("--resume continues a run with its saved config; only --set may change it")
+        trainer = Trainer.resume(resume, lambda cfg: C.from_dict(C.apply_overrides(C.to_dict(cfg), sets)))
+        if trainer.step >= trainer.cfg.train.steps:
+            fail(f"{resume} is complete at step {trainer.step}; raise train.steps with --set to train on")
+    else:
+        if not preset and not config_file:
+            fail(f"give --preset NAME or --config FILE; presets: {', '.join(C.list_presets())}")
+        cfg = C.load(preset, config_file, sets)
+        trainer = Trainer.create(cfg, out_dir or default_out(preset or Path(config_file).stem))
+    run_dir = trainer.run_dir
+    err.print(f"run [bold]{run_dir}[/]: {trainer.cfg.method} on {trainer.cfg.task.name}/{trainer.cfg.task.kind}, "
+              f"{trainer.parameters:,} parameters, {trainer.device}")
+    with TrainProgress(err, trainer.step, trainer.cfg.train.steps) as progress:
+        trainer.callback = progress.update
+        try:
+            trainer.run()
+        except TrainingInterrupted as e:
+            progress.stop()
+            err.print(f"{e}; continue with: vmd train --resume {e.run_dir}")
+            raise typer.Exit(130)
+    err.print(f"saved [bold]{run_dir}[/] at step {trainer.step}; evaluate with: vmd eval {run_dir}")
+
+
+def _load(run_dir: Path, device: Optional[str]):
+    from vmd.checkpoint import load_model
+    from vmd.train import resolve_device
+
+    model, cfg, step = load_model(run_dir, "cpu")
+    dev = resolve_device(device or cfg.device.device)
+    return model.to(dev), cfg, step, dev
+
+
+@app.command("eval", epilog="Examples:\n\n"
+             "  vmd eval runs/synthetic-2tok-vmd --nfe 1\n\n"
+             "  vmd eval runs/synthetic-d1-mdm --nfe 4 --json")
+@friendly
+def eval_cmd(
+    run_dir: Path = typer.Argument(..., help="A run directory written by vmd train."),
+    nfe: Optional[int] = typer.Option(None, help="Denoiser calls per sample [default: the run's sample.nfe]."),
+    strategy: Optional[str] = typer.Option(None, help="Which positions to reveal: random, top-prob, top-margin."),
+    temperature: Optional[float] = typer.Option(None, help="Sampling temperature; 0 is argmax."),
+    z_policy: Optional[str] = typer.Option(None, "--z-policy", help="VMD latent: once (drawn at the start) or step (every step)."),
+    samples: Optional[int] = typer.Option(None, help="How many samples to score [default: the run's, 50000]."),
+    seed: Optional[int] = typer.Option(None, help="Sampling seed."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or mps [default: the run's]."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
+):
+    """Score a trained model: the task's metrics over many samples, and the latent's KL and active dimensions."""
+    from vmd.evaluate import evaluate
+    from vmd.tasks import make_task
+
+    if device is not None:
+        C.from_dict({"device": {"device": device}})
+    model, cfg, step, dev = _load(run_dir, device)
+    sc = _sample_config(cfg, nfe=nfe, strategy=strategy, temperature=temperature, z_policy=z_policy,
+                        num_samples=samples, seed=seed)
+    task = make_task(cfg.task)
+    metrics = evaluate(model, task, cfg, sc, dev)
+    metrics = {"method": cfg.method, "step": step, "nfe": sc.nfe, "strategy": sc.strategy,
+               "temperature": sc.temperature, "z_policy": sc.z_policy, **metrics}
+    if as_json:
+        print(json.dumps(metrics))
+        return
+    table = Table(title=f"{run_dir}  ({cfg.method}, {cfg.task.name}/{cfg.task.kind}, step {step})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in metrics.items():
+        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    out.print(table)
+
+
+@app.command(epilog="Examples:\n\n"
+             "  vmd sample runs/synthetic-2tok-vmd -n 8 --nfe 1\n\n"
+             "  vmd sample runs/synthetic-d2-mdm -n 4 --nfe 4 --json")
+@friendly
+def sample(
+    run_dir: Path = typer.Argument(..., help="A run directory written by vmd train."),
+    n: int = typer.Option(8, "-n", "--num", help="How many samples."),
+    nfe: Optional[int] = typer.Option(None, help="Denoiser calls per sample [default: the run's]."),
+    strategy: Optional[str] = typer.Option(None, help="random, top-prob or top-margin."),
+    temperature: Optional[float] = typer.Option(None, help="Sampling temperature; 0 is argmax."),
+    z_policy: Optional[str] = typer.Option(None, "--z-policy", help="once or step."),
+    seed: Optional[int] = typer.Option(None, help="Sampling seed."),
+    as_json: bool = typer.Option(False, "--json", help="Print the samples as a JSON list of token lists."),
+):
+    """Draw samples from a trained model and print them."""
+    from vmd.evaluate import draw_samples
+    from vmd.tasks import make_task
+
+    model, cfg, _, dev = _load(run_dir, None)
+    sc = _sample_config(cfg, nfe=nfe, strategy=strategy, temperature=temperature, z_policy=z_policy,
+                        num_samples=n, batch_size=max(1, n), seed=seed)
+    task = make_task(cfg.task)
+    x = draw_samples(model, task, sc, cfg.diffusion.schedule, dev)
+    if as_json:
+        print(json.dumps(x.tolist()))
+        return
+    for line in task.format(x):
+        out.print(line, highlight=False)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""A rich progress bar for training: step, loss, latent KL, steps/s and time left."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from vmd.train import Progress as TrainEvent
+
+
+class TrainProgress:
+    def __init__(self, console: Console, start: int, total: int):
+        self.bar = Progress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}  kl {task.fields[kl]}  bpt {task.fields[bpt]}"),
+            TextColumn("{task.fields[rate]} it/s"), TimeRemainingColumn(),
+            console=console, transient=False,
+        )
+        zero = {"loss": "-", "kl": "-", "bpt": "-", "rate": "-"}
+        self.task = self.bar.add_task("train", total=total, completed=start, **zero)
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.bar.__exit__(*exc)
+
+    def stop(self):
+        self.bar.stop()
+
+    def update(self, ev: TrainEvent) -> None:
+        m = ev.metrics
+        fields = {"loss": f"{m['loss']:.3f}", "kl": f"{m['latent_kl']:.3f}", "bpt": f"{m['bits_per_token']:.3f}",
+                  "rate": f"{ev.steps_per_s:.1f}"}
+        self.bar.update(self.task, completed=ev.step, total=ev.total, **fields)
