@@ -42,9 +42,11 @@ class LatentConfig:
     dim: int = 8
     encoder_dim: int = 64
     encoder_layers: int = 1
-    # normal: N(0, I) as in the paper; conditional: a learned mixture p(z | xt) with `components` parts
+    # normal: N(0, I) as in the paper; conditional: a learned p(z | xt), per group of `dim / groups`
+    # latent dimensions a mixture of `components` Gaussians
     prior: Literal["normal", "conditional"] = "normal"
     components: int = 1
+    groups: int = 1
     prior_dim: int = 64
     prior_layers: int = 1
     beta: float = 1.0
@@ -112,7 +114,7 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "model.dim": _POSITIVE, "model.layers": _POSITIVE, "model.heads": _POSITIVE,
     "model.mlp_ratio": _POSITIVE, "model.dropout": (lambda v: 0.0 <= v < 1.0, "a rate in [0, 1)"),
     "latent.dim": _POSITIVE, "latent.encoder_dim": _POSITIVE, "latent.encoder_layers": _POSITIVE,
-    "latent.components": _POSITIVE, "latent.prior_dim": _POSITIVE, "latent.prior_layers": _POSITIVE,
+    "latent.components": _POSITIVE, "latent.groups": _POSITIVE, "latent.prior_dim": _POSITIVE, "latent.prior_layers": _POSITIVE,
     "latent.beta": _NON_NEGATIVE, "latent.kl_warmup_steps": _NON_NEGATIVE, "latent.free_bits": _NON_NEGATIVE,
     "diffusion.t_min": (lambda v: 0.0 <= v < 1.0, "a time in [0, 1)"),
     "train.steps": _POSITIVE, "train.batch_size": _POSITIVE, "train.lr": _POSITIVE,
@@ -193,6 +195,8 @@ def validate(cfg: Config) -> None:
     """Checks that involve more than one key."""
     if cfg.model.dim % cfg.model.heads:
         raise ConfigError(f"model.dim ({cfg.model.dim}) must be a multiple of model.heads ({cfg.model.heads})")
+    if cfg.latent.dim % cfg.latent.groups:
+        raise ConfigError(f"latent.dim ({cfg.latent.dim}) must be a multiple of latent.groups ({cfg.latent.groups})")
     for part in ("encoder_dim", "prior_dim"):
         if getattr(cfg.latent, part) % cfg.model.heads:
             raise ConfigError(f"latent.{part} must be a multiple of model.heads ({cfg.model.heads})")

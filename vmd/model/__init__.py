@@ -29,7 +29,7 @@ class MaskedDiffusionModel(nn.Module):
         if self.latent_dim:
             self.encoder = Encoder(vocab, length, lat.dim, lat.encoder_dim, lat.encoder_layers, m.heads)
             if lat.prior == "conditional":
-                self.prior_net = ConditionalPrior(vocab + 1, length, lat.dim, lat.components,
+                self.prior_net = ConditionalPrior(vocab + 1, length, lat.dim, lat.components, lat.groups,
                                                   lat.prior_dim, lat.prior_layers, m.heads)
 
     @property

@@ -49,24 +49,30 @@ class StandardNormal:
 
 
 class Mixture:
-    """A diagonal-Gaussian mixture per sequence: weights (B, K), means and log-variances (B, K, d)."""
+    """Per sequence, a product over G groups of latent dimensions, each a K-part diagonal-Gaussian
+    mixture: weights (B, G, K), means and log-variances (B, G, K, d/G). G groups of K parts give
+    K^G joint modes for G*K parameters' worth of parts (e.g. one group per independent factor)."""
 
     def __init__(self, logits, means, logvars):
         self.logits, self.means, self.logvars = logits, means, logvars
 
     def sample(self, generator=None):
-        probs = torch.softmax(self.logits.float(), dim=-1)
-        k = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-        rows = torch.arange(k.shape[0], device=k.device)
-        return reparameterize(self.means[rows, k], self.logvars[rows, k], generator)
+        b, g, k = self.logits.shape
+        probs = torch.softmax(self.logits.float(), dim=-1).reshape(b * g, k)
+        pick = torch.multinomial(probs, 1, generator=generator).view(b, g, 1, 1).expand(-1, -1, 1, self.means.shape[-1])
+        mu = self.means.gather(2, pick).squeeze(2).reshape(b, -1)
+        logvar = self.logvars.gather(2, pick).squeeze(2).reshape(b, -1)
+        return reparameterize(mu, logvar, generator)
 
     def log_prob(self, z):
-        per = gaussian_log_prob(z[:, None, :], self.means, self.logvars).sum(-1)
-        return torch.logsumexp(torch.log_softmax(self.logits, -1) + per, dim=-1)
+        b, g, k, dg = self.means.shape
+        per = gaussian_log_prob(z.view(b, g, 1, dg), self.means, self.logvars).sum(-1)
+        return torch.logsumexp(torch.log_softmax(self.logits, -1) + per, dim=-1).sum(-1)
 
     def kl(self, mu, logvar, z):
-        if self.logits.shape[1] == 1:  # one component: exact, per dimension
-            return gaussian_kl(mu, logvar, self.means[:, 0], self.logvars[:, 0])
+        b, g, k, dg = self.means.shape
+        if k == 1:  # one part per group: exact, per dimension
+            return gaussian_kl(mu, logvar, self.means.reshape(b, -1), self.logvars.reshape(b, -1))
         log_q = gaussian_log_prob(z, mu, logvar).sum(-1)
         return (log_q - self.log_prob(z))[:, None]
 
@@ -88,25 +94,26 @@ class Encoder(nn.Module):
 
 
 class ConditionalPrior(nn.Module):
-    """p(z | xt): a mixture of ``components`` diagonal Gaussians whose parameters a small
-    transformer reads off the partly masked sequence (method.md §5; one component is a
-    conditional Gaussian)."""
+    """p(z | xt): per group of latent dimensions a mixture of ``components`` diagonal Gaussians,
+    whose parameters a small transformer reads off the partly masked sequence (method.md §5;
+    one group of one component is a conditional Gaussian)."""
 
-    def __init__(self, tokens: int, length: int, latent_dim: int, components: int, dim: int, layers: int, heads: int):
+    def __init__(self, tokens: int, length: int, latent_dim: int, components: int, groups: int,
+                 dim: int, layers: int, heads: int):
         super().__init__()
-        self.k, self.d = components, latent_dim
+        self.g, self.k, self.dg = groups, components, latent_dim // groups
         self.trunk = Trunk(tokens, length, dim, layers, heads)
-        self.out = nn.Linear(dim, components * (1 + 2 * latent_dim))
+        self.out = nn.Linear(dim, groups * components * (1 + 2 * self.dg))
         self.out.weight.data.mul_(0.01)
         nn.init.zeros_(self.out.bias)
-        if components > 1:  # spread the components apart so that they can specialise
-            means = self.out.bias.data[components: components * (1 + latent_dim)]
-            means.copy_(torch.randn(components * latent_dim))
+        if components > 1:  # spread the parts apart so that they can specialise
+            n = groups * components
+            self.out.bias.data[n: n * (1 + self.dg)].copy_(torch.randn(n * self.dg))
 
     def forward(self, xt) -> Mixture:
         h = self.out(self.trunk(xt).mean(dim=1))
-        b = h.shape[0]
-        logits = h[:, : self.k]
-        means = h[:, self.k: self.k * (1 + self.d)].view(b, self.k, self.d)
-        logvars = h[:, self.k * (1 + self.d):].view(b, self.k, self.d).clamp(LOGVAR_MIN, LOGVAR_MAX)
+        b, g, k, dg = h.shape[0], self.g, self.k, self.dg
+        logits = h[:, : g * k].view(b, g, k)
+        means = h[:, g * k: g * k * (1 + dg)].view(b, g, k, dg)
+        logvars = h[:, g * k * (1 + dg):].view(b, g, k, dg).clamp(LOGVAR_MIN, LOGVAR_MAX)
         return Mixture(logits, means, logvars)

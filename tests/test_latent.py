@@ -1,0 +1,55 @@
+import math
+
+import pytest
+import torch
+
+from vmd.model.latent import Mixture, StandardNormal, gaussian_kl, gaussian_log_prob
+
+
+def test_gaussian_kl_matches_monte_carlo():
+    mu_q, lv_q, mu_p, lv_p = torch.tensor([0.5]), torch.tensor([-1.0]), torch.tensor([-0.3]), torch.tensor([0.4])
+    z = mu_q + torch.exp(0.5 * lv_q) * torch.randn(200000, 1)
+    mc = (gaussian_log_prob(z, mu_q, lv_q) - gaussian_log_prob(z, mu_p, lv_p)).mean()
+    assert float(gaussian_kl(mu_q, lv_q, mu_p, lv_p)) == pytest.approx(float(mc), abs=0.01)
+
+
+def grouped_mixture():
+    # 2 groups x 3 parts x 2 dims, one sequence
+    logits = torch.tensor([[[0.0, 1.0, -1.0], [2.0, 0.0, 0.0]]])
+    means = torch.tensor([[[[-4.0, 0.0], [0.0, 0.0], [4.0, 0.0]], [[0.0, -4.0], [0.0, 0.0], [0.0, 4.0]]]])
+    logvars = torch.full((1, 2, 3, 2), -3.0)
+    return Mixture(logits, means, logvars)
+
+
+def test_grouped_mixture_samples_each_group_by_its_weights():
+    m = grouped_mixture()
+    big = Mixture(m.logits.expand(50000, -1, -1), m.means.expand(50000, -1, -1, -1), m.logvars.expand(50000, -1, -1, -1))
+    z = big.sample(torch.Generator().manual_seed(0))
+    assert z.shape == (50000, 4)
+    part0 = torch.bucketize(z[:, 0].contiguous(), torch.tensor([-2.0, 2.0]))  # which part group 0 drew
+    part1 = torch.bucketize(z[:, 3].contiguous(), torch.tensor([-2.0, 2.0]))
+    freq0 = torch.bincount(part0, minlength=3).double() / 50000
+    freq1 = torch.bincount(part1, minlength=3).double() / 50000
+    assert torch.allclose(freq0, torch.softmax(m.logits[0, 0].double(), 0), atol=0.01)
+    assert torch.allclose(freq1, torch.softmax(m.logits[0, 1].double(), 0), atol=0.01)
+
+
+def test_grouped_mixture_log_prob_is_the_product_of_group_mixtures():
+    m = grouped_mixture()
+    z = torch.tensor([[3.5, 0.2, 0.1, -3.8]])
+    expected = 0.0
+    for g, dims in enumerate(([0, 1], [2, 3])):
+        w = torch.softmax(m.logits[0, g], 0)
+        dens = sum(w[k] * gaussian_log_prob(z[0, dims], m.means[0, g, k], m.logvars[0, g, k]).sum().exp() for k in range(3))
+        expected += math.log(float(dens))
+    assert float(m.log_prob(z)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_one_part_kl_is_exact_per_dimension_and_normal_prior_agrees():
+    mu, lv = torch.randn(5, 4), torch.randn(5, 4) * 0.3
+    one = Mixture(torch.zeros(5, 2, 1), torch.zeros(5, 2, 1, 2), torch.zeros(5, 2, 1, 2))
+    kl = one.kl(mu, lv, mu)
+    assert kl.shape == (5, 4)
+    assert torch.allclose(kl, StandardNormal(5, 4, "cpu").kl(mu, lv, mu))
+    several = grouped_mixture()
+    assert several.kl(torch.zeros(1, 4), torch.zeros(1, 4), torch.zeros(1, 4)).shape == (1, 1)
