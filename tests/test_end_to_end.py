@@ -1,8 +1,12 @@
 """A tiny VMD, trained here for seconds, beats a tiny MDM at one-step generation."""
 
 import dataclasses
+import math
+
+import torch
 
 from tests.conftest import tiny
+from vmd.diffusion import diffusion_loss
 from vmd.evaluate import evaluate
 from vmd.train import train
 
@@ -17,8 +21,17 @@ def test_vmd_beats_mdm_at_one_step_on_two_tokens(tmp_path):
         trainer.model.load_state_dict(trainer.ema)
         sc = dataclasses.replace(cfg.sample, nfe=1, num_samples=5000)
         results[method] = evaluate(trainer.model.eval(), trainer.task, cfg, sc)
+        x0, _ = trainer.task.train_batch(20000, torch.Generator().manual_seed(5))
+        with torch.no_grad():
+            bound = diffusion_loss(trainer.model, x0, trainer.schedule, cfg.diffusion, cfg.latent,
+                                   generator=torch.Generator().manual_seed(6))
+        results[method]["nelbo"] = float(bound.nelbo)
     mdm, vmd = results["mdm"], results["vmd"]
     assert mdm["accuracy"] < 0.2  # independent marginals: about 10%
     assert vmd["accuracy"] > 0.8, vmd
     assert vmd["kl"] < mdm["kl"] / 4
     assert vmd["active_dims"] >= 1 and vmd["latent_kl"] > 0.1  # z is alive, not collapsed
+    # the reported NELBO is an upper bound on -log p(x0): never below the data's entropy, log 10 nats
+    entropy = math.log(10)
+    for m in (mdm, vmd):
+        assert m["nelbo"] > entropy - 0.05, m

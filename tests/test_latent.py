@@ -51,5 +51,19 @@ def test_one_part_kl_is_exact_per_dimension_and_normal_prior_agrees():
     kl = one.kl(mu, lv, mu)
     assert kl.shape == (5, 4)
     assert torch.allclose(kl, StandardNormal(5, 4, "cpu").kl(mu, lv, mu))
-    several = grouped_mixture()
-    assert several.kl(torch.zeros(1, 4), torch.zeros(1, 4), torch.zeros(1, 4)).shape == (1, 1)
+
+
+
+def test_mixture_kl_bound_is_above_the_true_kl_and_tight_when_parts_are_apart():
+    m = grouped_mixture()  # parts 4 apart with standard deviation exp(-1.5) = 0.22: well separated
+    for mu, lv in ((torch.tensor([[3.8, 0.1, 0.0, -4.1]]), torch.full((1, 4), -3.5)),
+                   (torch.tensor([[2.0, 0.0, 0.0, 2.0]]), torch.full((1, 4), 0.0))):  # between parts
+        bound = m.kl(mu, lv).sum()
+        z = mu + torch.exp(0.5 * lv) * torch.randn(400000, 4)
+        true = (gaussian_log_prob(z, mu, lv).sum(-1) - m.log_prob(z)).mean()
+        assert m.kl(mu, lv).shape == (1, 2)
+        assert float(bound) >= float(true) - 0.02
+    near = m.kl(torch.tensor([[4.0, 0.0, 0.0, -4.0]]), torch.full((1, 4), -3.0)).sum()
+    # on a part's own mean and spread, the KL is -log of its weights: groups pick parts 2 and 0
+    expected = -torch.log_softmax(m.logits[0, 0], 0)[2] - torch.log_softmax(m.logits[0, 1], 0)[0]
+    assert float(near) == pytest.approx(float(expected), abs=1e-3)

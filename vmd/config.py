@@ -42,6 +42,9 @@ class LatentConfig:
     dim: int = 8
     encoder_dim: int = 64
     encoder_layers: int = 1
+    # the encoder reads x0 and which positions are masked (VADD); false: x0 only, so that z is one
+    # plan for the whole sequence that stays valid at every step (pairs with sample.z_policy: once)
+    encoder_sees_mask: bool = True
     # normal: N(0, I) as in the paper; conditional: a learned p(z | xt), per group of `dim / groups`
     # latent dimensions a mixture of `components` Gaussians
     prior: Literal["normal", "conditional"] = "normal"
@@ -113,8 +116,8 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "task.vocab": (lambda v: v >= 2, "an integer >= 2"),
     "model.dim": _POSITIVE, "model.layers": _POSITIVE, "model.heads": _POSITIVE,
     "model.mlp_ratio": _POSITIVE, "model.dropout": (lambda v: 0.0 <= v < 1.0, "a rate in [0, 1)"),
-    "latent.dim": _POSITIVE, "latent.encoder_dim": _POSITIVE, "latent.encoder_layers": _POSITIVE,
-    "latent.components": _POSITIVE, "latent.groups": _POSITIVE, "latent.prior_dim": _POSITIVE, "latent.prior_layers": _POSITIVE,
+    "latent.dim": _POSITIVE, "latent.encoder_dim": _POSITIVE, "latent.encoder_layers": _NON_NEGATIVE,
+    "latent.components": _POSITIVE, "latent.groups": _POSITIVE, "latent.prior_dim": _POSITIVE, "latent.prior_layers": _NON_NEGATIVE,
     "latent.beta": _NON_NEGATIVE, "latent.kl_warmup_steps": _NON_NEGATIVE, "latent.free_bits": _NON_NEGATIVE,
     "diffusion.t_min": (lambda v: 0.0 <= v < 1.0, "a time in [0, 1)"),
     "train.steps": _POSITIVE, "train.batch_size": _POSITIVE, "train.lr": _POSITIVE,

@@ -69,8 +69,8 @@ def diffusion_loss(model, x0, schedule: Schedule, diff: DiffusionConfig, latent:
         z = reparameterize(mu.float(), logvar.float(), generator)
         per = model.prior(xt).kl(mu.float(), logvar.float(), z).float() * masked.any(1, keepdim=True)
         kl = per.sum(1)
-        if latent.free_bits > 0:  # per dimension, or on the total when only a total exists
-            floor = latent.free_bits * (model.latent_dim if per.shape[1] == 1 else 1)
+        if latent.free_bits > 0:  # per dimension, or per group of dimensions for a mixture prior
+            floor = latent.free_bits * model.latent_dim / per.shape[1]
             per = per.clamp(min=floor) * masked.any(1, keepdim=True)
         kl_used = per.sum(1)
 

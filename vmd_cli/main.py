@@ -73,7 +73,7 @@ def train(
     preset: Optional[str] = typer.Option(None, "--preset", "-p", help="A bundled preset (an unknown name lists them)."),
     config_file: Optional[Path] = typer.Option(None, "--config", "-c", help="A YAML config file, applied over the preset."),
     sets: List[str] = typer.Option([], "--set", "-s", help="Override one key, e.g. train.steps=2000 (repeatable)."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory [default: runs/PRESET]."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory \\[default: runs/PRESET]."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from its last checkpoint."),
 ):
     """Train a model from a preset or config file; checkpoints go to the run directory."""
@@ -120,13 +120,13 @@ def _load(run_dir: Path, device: Optional[str]):
 @friendly
 def eval_cmd(
     run_dir: Path = typer.Argument(..., help="A run directory written by vmd train."),
-    nfe: Optional[int] = typer.Option(None, help="Denoiser calls per sample [default: the run's sample.nfe]."),
+    nfe: Optional[int] = typer.Option(None, help="Denoiser calls per sample \\[default: the run's sample.nfe]."),
     strategy: Optional[str] = typer.Option(None, help="Which positions to reveal: random, top-prob, top-margin."),
     temperature: Optional[float] = typer.Option(None, help="Sampling temperature; 0 is argmax."),
     z_policy: Optional[str] = typer.Option(None, "--z-policy", help="VMD latent: once (drawn at the start) or step (every step)."),
-    samples: Optional[int] = typer.Option(None, help="How many samples to score [default: the run's, 50000]."),
+    samples: Optional[int] = typer.Option(None, help="How many samples to score \\[default: the run's, 50000]."),
     seed: Optional[int] = typer.Option(None, help="Sampling seed."),
-    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or mps [default: the run's]."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or mps \\[default: the run's]."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
 ):
     """Score a trained model: the task's metrics over many samples, and the latent's KL and active dimensions."""
@@ -160,7 +160,7 @@ def eval_cmd(
 def sample(
     run_dir: Path = typer.Argument(..., help="A run directory written by vmd train."),
     n: int = typer.Option(8, "-n", "--num", help="How many samples."),
-    nfe: Optional[int] = typer.Option(None, help="Denoiser calls per sample [default: the run's]."),
+    nfe: Optional[int] = typer.Option(None, help="Denoiser calls per sample \\[default: the run's]."),
     strategy: Optional[str] = typer.Option(None, help="random, top-prob or top-margin."),
     temperature: Optional[float] = typer.Option(None, help="Sampling temperature; 0 is argmax."),
     z_policy: Optional[str] = typer.Option(None, "--z-policy", help="once or step."),

@@ -22,6 +22,7 @@ class MaskedDiffusionModel(nn.Module):
         m, lat = cfg.model, cfg.latent
         self.vocab, self.length, self.mask_id = vocab, length, vocab
         self.latent_dim = lat.dim if cfg.method == "vmd" else 0
+        self.encoder_sees_mask = lat.encoder_sees_mask
         self.trunk = Trunk(vocab + 1, length, m.dim, m.layers, m.heads, m.mlp_ratio, m.dropout,
                            cond_dim=self.latent_dim)
         self.head = nn.Linear(m.dim, vocab)
@@ -40,8 +41,8 @@ class MaskedDiffusionModel(nn.Module):
         return self.head(self.trunk(xt, cond=z))
 
     def encode(self, x0: torch.Tensor, masked: torch.Tensor):
-        """q(z | x0, xt) as (mu, logvar); the encoder sees x0 and which positions are masked."""
-        return self.encoder(x0, masked)
+        """q(z | x0, xt) as (mu, logvar); the encoder sees x0 and (by default) which positions are masked."""
+        return self.encoder(x0, masked if self.encoder_sees_mask else torch.zeros_like(masked))
 
     def prior(self, xt: torch.Tensor):
         """p(z) or p(z | xt), as an object with ``sample`` and ``kl``."""

@@ -2,8 +2,9 @@
 
 Each prior, given the current sequence, returns a distribution object with ``sample``
 and ``kl(mu, logvar, z)``: the KL of the encoder's diagonal Gaussian against it, per
-latent dimension where it has a closed form (then free bits act per dimension), or as
-one single-sample Monte-Carlo estimate ``log q(z) - log p(z)`` for a mixture.
+latent dimension where it has a closed form (then free bits act per dimension), or per
+group of dimensions as a deterministic upper bound for a mixture (so the NELBO stays a
+bound).
 """
 
 from __future__ import annotations
@@ -66,15 +67,30 @@ class Mixture:
 
     def log_prob(self, z):
         b, g, k, dg = self.means.shape
-        per = gaussian_log_prob(z.view(b, g, 1, dg), self.means, self.logvars).sum(-1)
+        per = gaussian_log_prob(z.view(-1, g, 1, dg), self.means, self.logvars).sum(-1)
         return torch.logsumexp(torch.log_softmax(self.logits, -1) + per, dim=-1).sum(-1)
 
-    def kl(self, mu, logvar, z):
+    def kl(self, mu, logvar, z=None):
+        """Per group, the upper bound -log sum_k pi_k exp(-KL(q || p_k)) on KL(q || mixture)
+        (Jensen with the best variational weights; exact when the parts are far apart). It has
+        no sampling noise, unlike log q(z) - log p(z). One part per group: exact per dimension."""
         b, g, k, dg = self.means.shape
-        if k == 1:  # one part per group: exact, per dimension
+        if k == 1:
             return gaussian_kl(mu, logvar, self.means.reshape(b, -1), self.logvars.reshape(b, -1))
-        log_q = gaussian_log_prob(z, mu, logvar).sum(-1)
-        return (log_q - self.log_prob(z))[:, None]
+        per_part = gaussian_kl(mu.view(b, g, 1, dg), logvar.view(b, g, 1, dg), self.means, self.logvars).sum(-1)
+        return -torch.logsumexp(torch.log_softmax(self.logits, -1) - per_part, dim=-1)
+
+
+class Pool(nn.Module):
+    """Mean over positions, then a small MLP; with zero transformer layers below it, this alone
+    reads the (position-aware) token embeddings: a cheap encoder or prior."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU())
+
+    def forward(self, h):
+        return self.mlp(h.mean(dim=1))
 
 
 class Encoder(nn.Module):
@@ -83,12 +99,13 @@ class Encoder(nn.Module):
     def __init__(self, vocab: int, length: int, latent_dim: int, dim: int, layers: int, heads: int):
         super().__init__()
         self.trunk = Trunk(vocab, length, dim, layers, heads, flags=2)
+        self.pool = Pool(dim)
         self.out = nn.Linear(dim, 2 * latent_dim)
         nn.init.zeros_(self.out.bias)
         self.out.weight.data.mul_(0.1)
 
     def forward(self, x0, masked):
-        h = self.trunk(x0, flags=masked).mean(dim=1)
+        h = self.pool(self.trunk(x0, flags=masked))
         mu, logvar = self.out(h).chunk(2, dim=-1)
         return mu, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
 
@@ -103,6 +120,7 @@ class ConditionalPrior(nn.Module):
         super().__init__()
         self.g, self.k, self.dg = groups, components, latent_dim // groups
         self.trunk = Trunk(tokens, length, dim, layers, heads)
+        self.pool = Pool(dim)
         self.out = nn.Linear(dim, groups * components * (1 + 2 * self.dg))
         self.out.weight.data.mul_(0.01)
         nn.init.zeros_(self.out.bias)
@@ -111,7 +129,7 @@ class ConditionalPrior(nn.Module):
             self.out.bias.data[n: n * (1 + self.dg)].copy_(torch.randn(n * self.dg))
 
     def forward(self, xt) -> Mixture:
-        h = self.out(self.trunk(xt).mean(dim=1))
+        h = self.out(self.pool(self.trunk(xt)))
         b, g, k, dg = h.shape[0], self.g, self.k, self.dg
         logits = h[:, : g * k].view(b, g, k)
         means = h[:, g * k: g * k * (1 + dg)].view(b, g, k, dg)
