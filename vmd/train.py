@@ -86,7 +86,7 @@ class Trainer:
         self.parameters = count_parameters(self.model)
         self.schedule = make_schedule(cfg.diffusion.schedule)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
-                                     betas=(0.9, 0.99))
+                                     betas=(0.9, 0.99), foreach=True)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.device.precision == "fp16")
         self.ema = {k: v.detach().clone().float() for k, v in self.model.state_dict().items()} if cfg.train.ema > 0 else None
         self.data_gen = torch.Generator().manual_seed(cfg.train.seed)
@@ -129,13 +129,13 @@ class Trainer:
                         {"data": self.data_gen.get_state(), "noise": self.noise_gen.get_state()}, meta)
 
     def _update_ema(self) -> None:
+        """One fused lerp over all parameters (the model has no buffers; its weights stay fp32 under AMP)."""
         decay = min(self.cfg.train.ema, (1 + self.step) / (10 + self.step))
+        if not hasattr(self, "_ema_pairs"):
+            named = dict(self.model.named_parameters())
+            self._ema_pairs = ([self.ema[k] for k in named], [p.detach() for p in named.values()])
         with torch.no_grad():
-            for k, v in self.model.state_dict().items():
-                if v.dtype.is_floating_point:
-                    self.ema[k].lerp_(v.float(), 1 - decay)
-                else:
-                    self.ema[k].copy_(v)
+            torch._foreach_lerp_(self._ema_pairs[0], self._ema_pairs[1], 1 - decay)
 
     def train_step(self) -> dict[str, float]:
         cfg, tc = self.cfg, self.cfg.train

@@ -4,7 +4,8 @@ One ``Trunk`` serves the denoiser f(xt, z), the encoder q(z | x0, xt) and the
 conditional prior p(z | xt): token and position embeddings, pre-norm blocks and a
 final norm. With ``cond_dim > 0`` every block's norms take a shift and a scale (and
 each residual branch a gate) from the conditioning vector (adaLN, as in VADD/DiT);
-the modulation starts at zero, so at initialisation the blocks are plain blocks.
+one MLP computes the modulation of all blocks at once, and it starts at zero, so at
+initialisation the blocks are plain blocks.
 """
 
 from __future__ import annotations
@@ -15,21 +16,16 @@ from torch import nn
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_ratio: int, dropout: float, cond_dim: int = 0):
+    def __init__(self, dim: int, heads: int, mlp_ratio: int, dropout: float, modulated: bool = False):
         super().__init__()
         self.heads = heads
         self.dropout = dropout
-        affine = cond_dim == 0
+        affine = not modulated
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=affine)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=affine)
         self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim))
-        self.ada = None
-        if cond_dim:
-            self.ada = nn.Linear(cond_dim, 6 * dim)
-            nn.init.zeros_(self.ada.weight)
-            nn.init.zeros_(self.ada.bias)
 
     def attention(self, h: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
         b, n, d = h.shape
@@ -38,11 +34,12 @@ class Block(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
-    def forward(self, x, cond=None, attn_mask=None):
-        if self.ada is None:
+    def forward(self, x, mod=None, attn_mask=None):
+        """``mod``: (B, 6 * dim) shift, scale and gate for both sub-layers, or None."""
+        if mod is None:
             x = x + self.attention(self.norm1(x), attn_mask)
             return x + self.mlp(self.norm2(x))
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(cond)[:, None, :].chunk(6, dim=-1)
+        shift1, scale1, gate1, shift2, scale2, gate2 = mod[:, None, :].chunk(6, dim=-1)
         x = x + (1 + gate1) * self.attention(self.norm1(x) * (1 + scale1) + shift1, attn_mask)
         return x + (1 + gate2) * self.mlp(self.norm2(x) * (1 + scale2) + shift2)
 
@@ -59,17 +56,17 @@ class Trunk(nn.Module):
         self.flag = nn.Embedding(2, dim) if flags else None
         self.cond = None
         if cond_dim:
-            self.cond = nn.Sequential(nn.Linear(cond_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
-        self.blocks = nn.ModuleList(
-            Block(dim, heads, mlp_ratio, dropout, cond_dim=dim if cond_dim else 0) for _ in range(layers)
-        )
+            self.cond = nn.Sequential(nn.Linear(cond_dim, dim), nn.SiLU(), nn.Linear(dim, layers * 6 * dim))
+            nn.init.zeros_(self.cond[-1].weight)
+            nn.init.zeros_(self.cond[-1].bias)
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, dropout, modulated=bool(cond_dim)) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, ids, cond=None, flags=None, attn_mask=None):
         h = self.tok(ids) + self.pos[: ids.shape[1]]
         if self.flag is not None:
             h = h + self.flag(flags.long())
-        c = self.cond(cond) if self.cond is not None else None
-        for block in self.blocks:
-            h = block(h, c, attn_mask)
+        mods = self.cond(cond).chunk(len(self.blocks), dim=-1) if self.cond is not None and self.blocks else None
+        for i, block in enumerate(self.blocks):
+            h = block(h, mods[i] if mods else None, attn_mask)
         return self.norm(h)
