@@ -228,13 +228,11 @@ def _read_yaml(path: Path) -> dict:
 
 
 def presets_dir() -> Path:
-    """The bundled presets: ``presets/`` of a source checkout, or the copy installed as ``vmd.presets``."""
-    checkout = Path(__file__).resolve().parent.parent / "presets"
-    if checkout.is_dir():
-        return checkout
-    from importlib import resources
-
-    return Path(str(resources.files("vmd.presets")))
+    """The bundled presets: ``presets/`` of a source checkout (and editable install), or the copy a
+    wheel installs as ``vmd/presets``."""
+    here = Path(__file__).resolve().parent
+    checkout = here.parent / "presets"
+    return checkout if checkout.is_dir() else here / "presets"
 
 
 def list_presets() -> list[str]:
