@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 
@@ -132,3 +133,18 @@ def test_mixed_precision_trains_and_saves_fp32_weights(tmp_path, precision):
     model, saved, _ = checkpoint.load_model(tmp_path / "r")
     assert saved.device.precision == precision
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_a_diverging_run_stops_with_a_clear_error_and_keeps_its_checkpoint(tmp_path):
+    from vmd.errors import TrainingDiverged
+
+    train(tiny(steps=20), tmp_path / "r")
+    before = (tmp_path / "r" / "model.safetensors").read_bytes()
+
+    def explode(cfg):
+        return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=40, lr=1e30, grad_clip=0.0))
+
+    with pytest.raises(TrainingDiverged, match="last checkpoint"):
+        Trainer.resume(tmp_path / "r", explode).run()
+    assert (tmp_path / "r" / "model.safetensors").read_bytes() == before
+    assert checkpoint.load_model(tmp_path / "r")[2] == 20

@@ -15,3 +15,7 @@ class CheckpointError(VmdError):
 
 class DataError(VmdError):
     """Input data (a file, a cache) cannot be read or is malformed."""
+
+
+class TrainingDiverged(VmdError):
+    """The loss became NaN or infinite; the last checkpoint is kept."""

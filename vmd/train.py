@@ -15,7 +15,7 @@ import torch
 from vmd import checkpoint
 from vmd.config import Config
 from vmd.diffusion import diffusion_loss, kl_weight
-from vmd.errors import CheckpointError, ConfigError
+from vmd.errors import CheckpointError, ConfigError, TrainingDiverged
 from vmd.model import build_model, count_parameters
 from vmd.schedule import make_schedule
 from vmd.tasks import make_task
@@ -147,7 +147,8 @@ class Trainer:
         with autocast(self.device, cfg.device.precision):
             out = diffusion_loss(self.model, x0, self.schedule, cfg.diffusion, cfg.latent, self.step, given, self.noise_gen)
         if not torch.isfinite(out.loss):
-            raise FloatingPointError(f"loss is {float(out.loss)} at step {self.step}; lower train.lr or use fp32")
+            raise TrainingDiverged(f"loss is {float(out.loss.detach())} at step {self.step}; the last checkpoint in {self.run_dir} "
+                                   "is kept; lower train.lr or use fp32")
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(out.loss).backward()
         if tc.grad_clip > 0:

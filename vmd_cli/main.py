@@ -145,7 +145,7 @@ def eval_cmd(
     if as_json:
         print(json.dumps(metrics))
         return
-    table = Table(title=f"{run_dir}  ({cfg.method}, {cfg.task.name}/{cfg.task.kind}, step {step})")
+    table = Table(title=f"{cfg.method.upper()} {cfg.task.kind}, step {step}", caption=str(run_dir))
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k, v in metrics.items():
