@@ -56,6 +56,15 @@ class Loss:
         return {k: float(getattr(self, k).detach()) for k in ("loss", "recon", "latent_kl", "nelbo", "bits_per_token")}
 
 
+def latent_terms(model, x0, xt, masked, generator=None):
+    """z ~ q(z | x0, xt) (reparameterised), the encoder mean, and KL(q || prior) per dimension or
+    group; zero for rows with nothing masked."""
+    mu, logvar = model.encode(x0, masked)
+    mu, logvar = mu.float(), logvar.float()
+    z = reparameterize(mu, logvar, generator)
+    return z, mu, model.prior(xt).kl(mu, logvar).float() * masked.any(1, keepdim=True)
+
+
 def diffusion_loss(model, x0, schedule: Schedule, diff: DiffusionConfig, latent: LatentConfig,
                    step: int = 0, given=None, generator=None) -> Loss:
     b, n = x0.shape
@@ -65,9 +74,7 @@ def diffusion_loss(model, x0, schedule: Schedule, diff: DiffusionConfig, latent:
 
     z, kl, kl_used = None, x0.new_zeros(b, dtype=torch.float32), x0.new_zeros(b, dtype=torch.float32)
     if model.has_latent:
-        mu, logvar = model.encode(x0, masked)
-        z = reparameterize(mu.float(), logvar.float(), generator)
-        per = model.prior(xt).kl(mu.float(), logvar.float(), z).float() * masked.any(1, keepdim=True)
+        z, _, per = latent_terms(model, x0, xt, masked, generator)
         kl = per.sum(1)
         if latent.free_bits > 0:  # per dimension, or per group of dimensions for a mixture prior
             floor = latent.free_bits * model.latent_dim / per.shape[1]

@@ -7,8 +7,7 @@ from typing import Callable
 import torch
 
 from vmd.config import Config, SampleConfig
-from vmd.diffusion import mask_tokens
-from vmd.model.latent import reparameterize
+from vmd.diffusion import latent_terms, mask_tokens
 from vmd.sampling import generate
 from vmd.schedule import make_schedule, sample_t
 
@@ -45,9 +44,8 @@ def latent_stats(model, task, cfg: Config, n: int = 4096, seed: int = 0, device=
     schedule = make_schedule(cfg.diffusion.schedule)
     t = sample_t(n, antithetic=True, t_min=cfg.diffusion.t_min, generator=dgen, device=device)
     xt, masked = mask_tokens(x0, t, schedule, model.mask_id, given, dgen)
-    mu, logvar = model.encode(x0, masked)
-    z = reparameterize(mu, logvar, dgen)
-    kl = model.prior(xt).kl(mu, logvar, z).sum(1) * masked.any(1)
+    _, mu, per = latent_terms(model, x0, xt, masked, dgen)
+    kl = per.sum(1)
     active = int((mu[masked.any(1)].var(0) > ACTIVE_THRESHOLD).sum())
     return {"latent_kl": float(kl.mean()), "active_dims": active, "latent_dim": model.latent_dim}
 

@@ -89,6 +89,9 @@ class Trainer:
                                      betas=(0.9, 0.99), foreach=True)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.device.precision == "fp16")
         self.ema = {k: v.detach().clone().float() for k, v in self.model.state_dict().items()} if cfg.train.ema > 0 else None
+        if self.ema is not None:  # the pairs one fused lerp updates (the model has no buffers)
+            named = dict(self.model.named_parameters())
+            self._ema_pairs = ([self.ema[k] for k in named], [p.detach() for p in named.values()])
         self.data_gen = torch.Generator().manual_seed(cfg.train.seed)
         self.noise_gen = torch.Generator(device=self.device).manual_seed(cfg.train.seed + 1)
 
@@ -106,7 +109,9 @@ class Trainer:
         trainer = cls(cfg, run_dir, callback)
         checkpoint.load_into(trainer.model, state["model"], run_dir)
         if trainer.ema is not None:
-            trainer.ema = {k: v.to(trainer.device).float() for k, v in (state["ema"] or trainer.model.state_dict()).items()}
+            saved = state["ema"] or trainer.model.state_dict()
+            for k, v in trainer.ema.items():
+                v.copy_(saved[k])
         try:
             trainer.opt.load_state_dict(state["optimizer"])
         except (ValueError, KeyError, RuntimeError) as e:
@@ -129,11 +134,8 @@ class Trainer:
                         {"data": self.data_gen.get_state(), "noise": self.noise_gen.get_state()}, meta)
 
     def _update_ema(self) -> None:
-        """One fused lerp over all parameters (the model has no buffers; its weights stay fp32 under AMP)."""
+        """One fused lerp over all parameters (weights stay fp32 under AMP)."""
         decay = min(self.cfg.train.ema, (1 + self.step) / (10 + self.step))
-        if not hasattr(self, "_ema_pairs"):
-            named = dict(self.model.named_parameters())
-            self._ema_pairs = ([self.ema[k] for k in named], [p.detach() for p in named.values()])
         with torch.no_grad():
             torch._foreach_lerp_(self._ema_pairs[0], self._ema_pairs[1], 1 - decay)
 

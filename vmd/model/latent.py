@@ -1,7 +1,7 @@
 """The latent z of VMD: the encoder q(z | x0, xt) and the priors p(z) / p(z | xt) (method.md §2, §5).
 
 Each prior, given the current sequence, returns a distribution object with ``sample``
-and ``kl(mu, logvar, z)``: the KL of the encoder's diagonal Gaussian against it, per
+and ``kl(mu, logvar)``: the KL of the encoder's diagonal Gaussian against it, per
 latent dimension where it has a closed form (then free bits act per dimension), or per
 group of dimensions as a deterministic upper bound for a mixture (so the NELBO stays a
 bound).
@@ -44,7 +44,7 @@ class StandardNormal:
     def sample(self, generator=None):
         return torch.randn(self.batch, self.dim, generator=generator, device=self.device)
 
-    def kl(self, mu, logvar, z):
+    def kl(self, mu, logvar):
         zero = torch.zeros_like(mu)
         return gaussian_kl(mu, logvar, zero, zero)
 
@@ -70,7 +70,7 @@ class Mixture:
         per = gaussian_log_prob(z.view(-1, g, 1, dg), self.means, self.logvars).sum(-1)
         return torch.logsumexp(torch.log_softmax(self.logits, -1) + per, dim=-1).sum(-1)
 
-    def kl(self, mu, logvar, z=None):
+    def kl(self, mu, logvar):
         """Per group, the upper bound -log sum_k pi_k exp(-KL(q || p_k)) on KL(q || mixture)
         (Jensen with the best variational weights; exact when the parts are far apart). It has
         no sampling noise, unlike log q(z) - log p(z). One part per group: exact per dimension."""
