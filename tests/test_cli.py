@@ -82,6 +82,12 @@ def test_bad_run_directories_and_options(trained, tmp_path):
     assert "corrupt" in one_error_line(run("eval", bad))
     assert "sample.nfe" in one_error_line(run("eval", trained, "--nfe", "0"))
     assert "top-margin" in one_error_line(run("eval", trained, "--strategy", "best"))
+    partial = tmp_path / "partial"  # inference weights but no training state: nothing to resume from
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes((trained / "model.safetensors").read_bytes())
+    assert "no train_state.safetensors" in one_error_line(run("train", "--resume", partial))
+    (partial / "train_state.safetensors").write_bytes(b"\x10" * 64)
+    assert "corrupt" in one_error_line(run("train", "--resume", partial))
     before = (trained / "model.safetensors").read_bytes()
     assert "already holds a run" in one_error_line(run("train", "--preset", "synthetic-d1-vmd", *TINY, "--out", trained))
     assert (trained / "model.safetensors").read_bytes() == before
