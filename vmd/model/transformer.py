@@ -66,7 +66,8 @@ class Trunk(nn.Module):
         h = self.tok(ids) + self.pos[: ids.shape[1]]
         if self.flag is not None:
             h = h + self.flag(flags.long())
-        mods = self.cond(cond).chunk(len(self.blocks), dim=-1) if self.cond is not None and self.blocks else None
-        for i, block in enumerate(self.blocks):
-            h = block(h, mods[i] if mods else None, attn_mask)
+        n = len(self.blocks)
+        mods = self.cond(cond).chunk(n, dim=-1) if self.cond is not None else [None] * n
+        for block, mod in zip(self.blocks, mods):
+            h = block(h, mod, attn_mask)
         return self.norm(h)
