@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from vmd.model.latent import Mixture, StandardNormal, gaussian_kl, gaussian_log_prob
+from vmd.model.latent import Categorical, Gaussian, Mixture, StandardNormal, gaussian_kl, gaussian_log_prob
 
 
 def test_gaussian_kl_matches_monte_carlo():
@@ -48,9 +48,9 @@ def test_grouped_mixture_log_prob_is_the_product_of_group_mixtures():
 def test_one_part_kl_is_exact_per_dimension_and_normal_prior_agrees():
     mu, lv = torch.randn(5, 4), torch.randn(5, 4) * 0.3
     one = Mixture(torch.zeros(5, 2, 1), torch.zeros(5, 2, 1, 2), torch.zeros(5, 2, 1, 2))
-    kl = one.kl(mu, lv)
+    kl = one.kl(Gaussian(mu, lv))
     assert kl.shape == (5, 4)
-    assert torch.allclose(kl, StandardNormal(5, 4, "cpu").kl(mu, lv))
+    assert torch.allclose(kl, StandardNormal(5, 4, "cpu").kl(Gaussian(mu, lv)))
 
 
 
@@ -58,12 +58,33 @@ def test_mixture_kl_bound_is_above_the_true_kl_and_tight_when_parts_are_apart():
     m = grouped_mixture()  # parts 4 apart with standard deviation exp(-1.5) = 0.22: well separated
     for mu, lv in ((torch.tensor([[3.8, 0.1, 0.0, -4.1]]), torch.full((1, 4), -3.5)),
                    (torch.tensor([[2.0, 0.0, 0.0, 2.0]]), torch.full((1, 4), 0.0))):  # between parts
-        bound = m.kl(mu, lv).sum()
+        bound = m.kl(Gaussian(mu, lv)).sum()
         z = mu + torch.exp(0.5 * lv) * torch.randn(400000, 4)
         true = (gaussian_log_prob(z, mu, lv).sum(-1) - m.log_prob(z)).mean()
-        assert m.kl(mu, lv).shape == (1, 2)
+        assert m.kl(Gaussian(mu, lv)).shape == (1, 2)
         assert float(bound) >= float(true) - 0.02
-    near = m.kl(torch.tensor([[4.0, 0.0, 0.0, -4.0]]), torch.full((1, 4), -3.0)).sum()
+    near = m.kl(Gaussian(torch.tensor([[4.0, 0.0, 0.0, -4.0]]), torch.full((1, 4), -3.0))).sum()
     # on a part's own mean and spread, the KL is -log of its weights: groups pick parts 2 and 0
     expected = -torch.log_softmax(m.logits[0, 0], 0)[2] - torch.log_softmax(m.logits[0, 1], 0)[0]
     assert float(near) == pytest.approx(float(expected), abs=1e-3)
+
+
+def test_categorical_kl_is_exact_and_samples_follow_the_probabilities():
+    q = Categorical(torch.tensor([[[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]]]))  # two variables of three classes
+    p = Categorical(torch.tensor([[[0.0, 1.0, 0.0], [3.0, 0.0, 0.0]]]))
+    pq, pp = torch.softmax(q.logits, -1), torch.softmax(p.logits, -1)
+    assert torch.allclose(p.kl(q), (pq * (pq / pp).log()).sum(-1))
+    assert torch.allclose(q.kl(q), torch.zeros(1, 2), atol=1e-6)
+    big = Categorical(q.logits.expand(40000, -1, -1))
+    gen = torch.Generator().manual_seed(0)
+    draws = big.sample(gen)
+    assert draws.shape == (40000, 6) and torch.all(draws.view(-1, 2, 3).sum(-1) == 1)  # one-hot per variable
+    assert torch.allclose(draws.mean(0), q.mean[0], atol=0.01)
+
+
+def test_categorical_rsample_is_one_hot_forward_and_passes_gradients():
+    logits = torch.randn(8, 2, 5, requires_grad=True)
+    z = Categorical(logits).rsample(torch.Generator().manual_seed(1))
+    assert torch.all((z == 0) | (z == 1)) and torch.all(z.view(8, 2, 5).sum(-1) == 1)
+    (z * torch.arange(10.0)).sum().backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0

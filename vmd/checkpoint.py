@@ -113,16 +113,21 @@ def _load_into(module: torch.nn.Module, state: dict, where: Path) -> None:
 
 
 def load_model(run_dir: Path, device="cpu"):
-    """The inference model of a run: (model in eval mode, config, step)."""
+    """The inference model of a run directory, or of a lone model.safetensors file (a bundled
+    model): (model in eval mode, config, step)."""
     from vmd.model import build_model
     from vmd.tasks import make_task
 
-    run_dir = _check_dir(run_dir)
-    header, tensors = _read(run_dir / MODEL_FILE)
+    path = Path(run_dir)
+    if path.suffix == ".safetensors" and path.is_file():
+        header, tensors = _read(path)
+    else:
+        path = _check_dir(path) / MODEL_FILE
+        header, tensors = _read(path)
     cfg = C.load_yaml_text(header["config"])
     task = make_task(cfg.task)
-    model = build_model(cfg, task.vocab, task.length)
-    _load_into(model, tensors, run_dir / MODEL_FILE)
+    model = build_model(cfg, task.vocab, task.length, task.layout)
+    _load_into(model, tensors, path)
     return model.to(device).eval(), cfg, int(header["step"])
 
 

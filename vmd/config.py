@@ -21,11 +21,21 @@ from vmd.errors import ConfigError
 
 @dataclass
 class TaskConfig:
-    name: Literal["synthetic"] = "synthetic"
+    name: Literal["synthetic", "sudoku"] = "synthetic"
     # synthetic: 2tok (k, k+1), 2tok-nonuniform (P(k) = (k+1)/55), d1, d2 (four tokens), corr (parameter p)
     kind: Literal["2tok", "2tok-nonuniform", "d1", "d2", "corr"] = "2tok"
     p: float = 1.0
     vocab: int = 10
+    # sudoku: train on `grids` random complete grids under random masks (solutions), on as many
+    # generated puzzles with min_givens-max_givens givens whose givens are never masked (puzzles),
+    # or on a user's puzzle file with solutions, e.g. Kaggle's CSV (file); `augment` applies a
+    # random validity-preserving symmetry to every training grid
+    source: Literal["solutions", "puzzles", "file"] = "solutions"
+    file: str = ""
+    grids: int = 20000
+    min_givens: int = 22
+    max_givens: int = 36
+    augment: bool = True
 
 
 @dataclass
@@ -45,8 +55,12 @@ class LatentConfig:
     # the encoder reads x0 and which positions are masked (VADD); false: x0 only, so that z is one
     # plan for the whole sequence that stays valid at every step (pairs with sample.z_policy: once)
     encoder_sees_mask: bool = True
-    # normal: N(0, I) as in the paper; conditional: a learned p(z | xt), per group of `dim / groups`
-    # latent dimensions a mixture of `components` Gaussians
+    # gaussian: z in R^dim; categorical: `groups` discrete variables of `components` classes each
+    # (method.md §5), seen by the decoder as one-hot codes, with an exact KL (`dim` is unused)
+    kind: Literal["gaussian", "categorical"] = "gaussian"
+    # normal: N(0, I) as in the paper (uniform classes for a categorical z); conditional: a learned
+    # p(z | xt), per group of `dim / groups` latent dimensions a mixture of `components` Gaussians
+    # (for a categorical z: learned class probabilities)
     prior: Literal["normal", "conditional"] = "normal"
     components: int = 1
     groups: int = 1
@@ -114,6 +128,8 @@ _NON_NEGATIVE = (lambda v: v >= 0, "a number >= 0")
 _CHECKS: dict[str, tuple[Any, str]] = {
     "task.p": (lambda v: 0.0 <= v <= 1.0, "a probability in [0, 1]"),
     "task.vocab": (lambda v: v >= 2, "an integer >= 2"),
+    "task.grids": _POSITIVE, "task.min_givens": (lambda v: 17 <= v <= 80, "17 to 80 givens"),
+    "task.max_givens": (lambda v: 17 <= v <= 80, "17 to 80 givens"),
     "model.dim": _POSITIVE, "model.layers": _POSITIVE, "model.heads": _POSITIVE,
     "model.mlp_ratio": _POSITIVE, "model.dropout": (lambda v: 0.0 <= v < 1.0, "a rate in [0, 1)"),
     "latent.dim": _POSITIVE, "latent.encoder_dim": _POSITIVE, "latent.encoder_layers": _NON_NEGATIVE,
@@ -196,9 +212,13 @@ def from_dict(data: dict) -> Config:
 
 def validate(cfg: Config) -> None:
     """Checks that involve more than one key."""
+    if cfg.task.min_givens > cfg.task.max_givens:
+        raise ConfigError(f"task.min_givens ({cfg.task.min_givens}) is above task.max_givens ({cfg.task.max_givens})")
+    if cfg.task.name == "sudoku" and cfg.task.source == "file" and not cfg.task.file:
+        raise ConfigError("task.source is 'file' but task.file is empty; give the puzzle file with --set task.file=PATH")
     if cfg.model.dim % cfg.model.heads:
         raise ConfigError(f"model.dim ({cfg.model.dim}) must be a multiple of model.heads ({cfg.model.heads})")
-    if cfg.latent.dim % cfg.latent.groups:
+    if cfg.latent.kind == "gaussian" and cfg.latent.dim % cfg.latent.groups:
         raise ConfigError(f"latent.dim ({cfg.latent.dim}) must be a multiple of latent.groups ({cfg.latent.groups})")
     for part in ("encoder_dim", "prior_dim"):
         if getattr(cfg.latent, part) % cfg.model.heads:

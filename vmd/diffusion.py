@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 
 from vmd.config import DiffusionConfig, LatentConfig
-from vmd.model.latent import reparameterize
 from vmd.schedule import Schedule, sample_t
 
 
@@ -57,12 +56,10 @@ class Loss:
 
 
 def latent_terms(model, x0, xt, masked, generator=None):
-    """z ~ q(z | x0, xt) (reparameterised), the encoder mean, and KL(q || prior) per dimension or
-    group; zero for rows with nothing masked."""
-    mu, logvar = model.encode(x0, masked)
-    mu, logvar = mu.float(), logvar.float()
-    z = reparameterize(mu, logvar, generator)
-    return z, mu, model.prior(xt).kl(mu, logvar).float() * masked.any(1, keepdim=True)
+    """z ~ q(z | x0, xt) (differentiably), the posterior's mean, and KL(q || prior) per dimension
+    or group; zero for rows with nothing masked."""
+    q = model.encode(x0, masked)
+    return q.rsample(generator), q.mean, model.prior(xt).kl(q).float() * masked.any(1, keepdim=True)
 
 
 def diffusion_loss(model, x0, schedule: Schedule, diff: DiffusionConfig, latent: LatentConfig,

@@ -44,9 +44,9 @@ def latent_stats(model, task, cfg: Config, n: int = 4096, seed: int = 0, device=
     schedule = make_schedule(cfg.diffusion.schedule)
     t = sample_t(n, antithetic=True, t_min=cfg.diffusion.t_min, generator=dgen, device=device)
     xt, masked = mask_tokens(x0, t, schedule, model.mask_id, given, dgen)
-    _, mu, per = latent_terms(model, x0, xt, masked, dgen)
+    _, mean, per = latent_terms(model, x0, xt, masked, dgen)
     kl = per.sum(1)
-    active = int((mu[masked.any(1)].var(0) > ACTIVE_THRESHOLD).sum())
+    active = int((mean[masked.any(1)].var(0) > ACTIVE_THRESHOLD).sum())
     return {"latent_kl": float(kl.mean()), "active_dims": active, "latent_dim": model.latent_dim}
 
 

@@ -82,7 +82,7 @@ class Trainer:
         self.device = resolve_device(cfg.device.device)
         torch.manual_seed(cfg.train.seed)
         self.task = make_task(cfg.task)
-        self.model = build_model(cfg, self.task.vocab, self.task.length).to(self.device)
+        self.model = build_model(cfg, self.task.vocab, self.task.length, self.task.layout).to(self.device)
         self.parameters = count_parameters(self.model)
         self.schedule = make_schedule(cfg.diffusion.schedule)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,

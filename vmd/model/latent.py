@@ -1,10 +1,15 @@
 """The latent z of VMD: the encoder q(z | x0, xt) and the priors p(z) / p(z | xt) (method.md §2, §5).
 
-Each prior, given the current sequence, returns a distribution object with ``sample``
-and ``kl(mu, logvar)``: the KL of the encoder's diagonal Gaussian against it, per
-latent dimension where it has a closed form (then free bits act per dimension), or per
-group of dimensions as a deterministic upper bound for a mixture (so the NELBO stays a
-bound).
+Two latent families. ``gaussian``: z in R^d, the encoder a diagonal Gaussian, the prior
+N(0, I) or a learned mixture. ``categorical`` (method.md §5, "a discrete latent"): z is
+G independent categorical variables of K classes, fed to the decoder as their one-hot
+codes; the encoder and the prior give logits, and the KL is exact.
+
+The encoder returns a posterior object with ``rsample`` (differentiable) and ``mean``.
+Each prior, given the current sequence, returns an object with ``sample`` and ``kl(q)``:
+the KL of the posterior against it, per latent dimension where it has a closed form (then
+free bits act per dimension), or per group (mixture: a deterministic upper bound, so the
+NELBO stays a bound; categorical: exact).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vmd.model.transformer import Trunk
@@ -35,6 +41,53 @@ def reparameterize(mu, logvar, generator=None):
     return mu + torch.exp(0.5 * logvar) * eps
 
 
+class Gaussian:
+    """A diagonal Gaussian posterior q(z | x0, xt)."""
+
+    def __init__(self, mu, logvar):
+        self.mu, self.logvar = mu.float(), logvar.float()
+
+    @property
+    def mean(self):
+        return self.mu
+
+    def rsample(self, generator=None):
+        return reparameterize(self.mu, self.logvar, generator)
+
+
+class Categorical:
+    """G independent categorical variables of K classes each, logits (B, G, K); z is the
+    concatenation of their one-hot codes, shape (B, G * K). As a posterior it is sampled by
+    straight-through Gumbel-max (hard one-hot codes forward, softmax gradients back); as a
+    prior (uniform, or learned p(z | xt)) it gives the exact KL per variable."""
+
+    def __init__(self, logits):
+        self.logits = logits.float()
+
+    @property
+    def mean(self):
+        return torch.softmax(self.logits, -1).flatten(1)
+
+    def _one_hot(self, scores):
+        return F.one_hot(scores.argmax(-1), self.logits.shape[-1]).to(self.logits.dtype)
+
+    def sample(self, generator=None):
+        return self._one_hot(self.logits + _gumbel(self.logits, generator)).flatten(1)
+
+    def rsample(self, generator=None):
+        soft = torch.softmax(self.logits + _gumbel(self.logits, generator), -1)
+        return (self._one_hot(soft) - soft.detach() + soft).flatten(1)
+
+    def kl(self, q: "Categorical"):
+        log_q = torch.log_softmax(q.logits, -1)
+        return (log_q.exp() * (log_q - torch.log_softmax(self.logits, -1))).sum(-1)
+
+
+def _gumbel(like, generator=None):
+    u = torch.rand(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+    return -torch.log(-torch.log(u.clamp(1e-20, 1.0 - 1e-7)))
+
+
 class StandardNormal:
     """N(0, I), the paper's prior: blind to the sequence it is drawn for."""
 
@@ -44,9 +97,9 @@ class StandardNormal:
     def sample(self, generator=None):
         return torch.randn(self.batch, self.dim, generator=generator, device=self.device)
 
-    def kl(self, mu, logvar):
-        zero = torch.zeros_like(mu)
-        return gaussian_kl(mu, logvar, zero, zero)
+    def kl(self, q: Gaussian):
+        zero = torch.zeros_like(q.mu)
+        return gaussian_kl(q.mu, q.logvar, zero, zero)
 
 
 class Mixture:
@@ -70,11 +123,12 @@ class Mixture:
         per = gaussian_log_prob(z.view(-1, g, 1, dg), self.means, self.logvars).sum(-1)
         return torch.logsumexp(torch.log_softmax(self.logits, -1) + per, dim=-1).sum(-1)
 
-    def kl(self, mu, logvar):
+    def kl(self, q: Gaussian):
         """Per group, the upper bound -log sum_k pi_k exp(-KL(q || p_k)) on KL(q || mixture)
         (Jensen with the best variational weights; exact when the parts are far apart). It has
         no sampling noise, unlike log q(z) - log p(z). One part per group: exact per dimension."""
         b, g, k, dg = self.means.shape
+        mu, logvar = q.mu, q.logvar
         if k == 1:
             return gaussian_kl(mu, logvar, self.means.reshape(b, -1), self.logvars.reshape(b, -1))
         per_part = gaussian_kl(mu.view(b, g, 1, dg), logvar.view(b, g, 1, dg), self.means, self.logvars).sum(-1)
@@ -94,44 +148,54 @@ class Pool(nn.Module):
 
 
 class Encoder(nn.Module):
-    """q(z | x0, xt): a small transformer over the clean tokens and the mask indicator."""
+    """q(z | x0, xt): a small transformer over the clean tokens and the mask indicator. A
+    diagonal Gaussian over ``latent_dim`` dimensions, or with ``classes`` = (G, K) the logits of
+    G categorical variables."""
 
-    def __init__(self, vocab: int, length: int, latent_dim: int, dim: int, layers: int, heads: int):
+    def __init__(self, vocab: int, length: int, latent_dim: int, dim: int, layers: int, heads: int,
+                 classes: tuple[int, int] | None = None, layout=None):
         super().__init__()
-        self.trunk = Trunk(vocab, length, dim, layers, heads, flags=2)
+        self.classes = classes
+        self.trunk = Trunk(vocab, length, dim, layers, heads, flags=2, layout=layout)
         self.pool = Pool(dim)
-        self.out = nn.Linear(dim, 2 * latent_dim)
+        self.out = nn.Linear(dim, classes[0] * classes[1] if classes else 2 * latent_dim)
         nn.init.zeros_(self.out.bias)
         self.out.weight.data.mul_(0.1)
 
     def forward(self, x0, masked):
-        h = self.pool(self.trunk(x0, flags=masked))
-        mu, logvar = self.out(h).chunk(2, dim=-1)
-        return mu, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
+        h = self.out(self.pool(self.trunk(x0, flags=masked)))
+        if self.classes:
+            return Categorical(h.view(-1, *self.classes))
+        mu, logvar = h.chunk(2, dim=-1)
+        return Gaussian(mu, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX))
 
 
 class ConditionalPrior(nn.Module):
     """p(z | xt): per group of latent dimensions a mixture of ``components`` diagonal Gaussians,
     whose parameters a small transformer reads off the partly masked sequence (method.md §5;
-    one group of one component is a conditional Gaussian)."""
+    one group of one component is a conditional Gaussian); for a categorical latent, the
+    logits of each of its ``groups`` variables over ``components`` classes."""
 
     def __init__(self, tokens: int, length: int, latent_dim: int, components: int, groups: int,
-                 dim: int, layers: int, heads: int):
+                 dim: int, layers: int, heads: int, categorical: bool = False, layout=None):
         super().__init__()
-        self.g, self.k, self.dg = groups, components, latent_dim // groups
-        self.trunk = Trunk(tokens, length, dim, layers, heads)
+        self.g, self.k = groups, components
+        self.dg = 0 if categorical else latent_dim // groups  # categorical: class logits only
+        self.trunk = Trunk(tokens, length, dim, layers, heads, layout=layout)
         self.pool = Pool(dim)
         self.out = nn.Linear(dim, groups * components * (1 + 2 * self.dg))
         self.out.weight.data.mul_(0.01)
         nn.init.zeros_(self.out.bias)
-        if components > 1:  # spread the parts apart so that they can specialise
+        if components > 1 and self.dg:  # spread the parts apart so that they can specialise
             n = groups * components
             self.out.bias.data[n: n * (1 + self.dg)].copy_(torch.randn(n * self.dg))
 
-    def forward(self, xt) -> Mixture:
+    def forward(self, xt) -> Mixture | Categorical:
         h = self.out(self.pool(self.trunk(xt)))
         b, g, k, dg = h.shape[0], self.g, self.k, self.dg
         logits = h[:, : g * k].view(b, g, k)
+        if not dg:
+            return Categorical(logits)
         means = h[:, g * k: g * k * (1 + dg)].view(b, g, k, dg)
         logvars = h[:, g * k * (1 + dg):].view(b, g, k, dg).clamp(LOGVAR_MIN, LOGVAR_MAX)
         return Mixture(logits, means, logvars)

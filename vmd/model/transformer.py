@@ -26,6 +26,10 @@ class Block(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=affine)
         self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim))
+        if modulated:  # the modulation predicts scale - 1 and gate - 1 (zero at initialisation): add the 1s once
+            one = torch.zeros(6, dim)
+            one[[1, 2, 4, 5]] = 1.0
+            self.register_buffer("_one", one.flatten(), persistent=False)
 
     def attention(self, h: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
         b, n, d = h.shape
@@ -39,19 +43,28 @@ class Block(nn.Module):
         if mod is None:
             x = x + self.attention(self.norm1(x), attn_mask)
             return x + self.mlp(self.norm2(x))
-        shift1, scale1, gate1, shift2, scale2, gate2 = mod[:, None, :].chunk(6, dim=-1)
-        x = x + (1 + gate1) * self.attention(self.norm1(x) * (1 + scale1) + shift1, attn_mask)
-        return x + (1 + gate2) * self.mlp(self.norm2(x) * (1 + scale2) + shift2)
+        # one fused multiply-add per modulation: addcmul(a, b, c) = a + b * c
+        shift1, scale1, gate1, shift2, scale2, gate2 = (mod[:, None, :] + self._one).chunk(6, dim=-1)
+        x = torch.addcmul(x, gate1, self.attention(torch.addcmul(shift1, self.norm1(x), scale1), attn_mask))
+        return torch.addcmul(x, gate2, self.mlp(torch.addcmul(shift2, self.norm2(x), scale2)))
 
 
 class Trunk(nn.Module):
     """Embeddings + blocks + final norm. ``tokens`` counts every input id (mask included)."""
 
     def __init__(self, tokens: int, length: int, dim: int, layers: int, heads: int,
-                 mlp_ratio: int = 4, dropout: float = 0.0, cond_dim: int = 0, flags: int = 0):
+                 mlp_ratio: int = 4, dropout: float = 0.0, cond_dim: int = 0, flags: int = 0,
+                 layout: torch.Tensor | None = None):
         super().__init__()
         self.tok = nn.Embedding(tokens, dim)
-        self.pos = nn.Parameter(torch.randn(length, dim) * 0.02)
+        # positions: one learned vector each, or with a ``layout`` (length, F) of ids the sum of F
+        # learned vectors (a Sudoku cell = its row + its column + its box)
+        self.pos = nn.Parameter(torch.randn(length, dim) * 0.02) if layout is None else None
+        self.layout_emb = None
+        if layout is not None:
+            self.register_buffer("layout", layout.long(), persistent=False)
+            self.layout_emb = nn.Embedding(int(layout.max()) + 1, dim)
+            nn.init.normal_(self.layout_emb.weight, std=0.02)
         # optional per-position binary flags (e.g. "this position is masked" for the encoder)
         self.flag = nn.Embedding(2, dim) if flags else None
         self.cond = None
@@ -63,7 +76,8 @@ class Trunk(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, ids, cond=None, flags=None, attn_mask=None):
-        h = self.tok(ids) + self.pos[: ids.shape[1]]
+        pos = self.pos[: ids.shape[1]] if self.layout_emb is None else self.layout_emb(self.layout).sum(1)
+        h = self.tok(ids) + pos
         if self.flag is not None:
             h = h + self.flag(flags.long())
         n = len(self.blocks)

@@ -45,6 +45,8 @@ def joint(kind: str, vocab: int, p: float = 1.0) -> torch.Tensor:
 
 
 class SyntheticTask:
+    layout = None  # plain learned positions
+
     def __init__(self, cfg: TaskConfig):
         self.kind = cfg.kind
         self.vocab = cfg.vocab
@@ -52,6 +54,9 @@ class SyntheticTask:
         self.length = self.p_data.dim()
         self.flat = self.p_data.flatten()
         self.place = cfg.vocab ** torch.arange(self.length - 1, -1, -1)
+
+    def prepare(self, progress=None) -> None:
+        """Nothing to make: batches are drawn from the exact joint."""
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         return (codes[:, None] // self.place) % self.vocab
