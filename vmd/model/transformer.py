@@ -57,6 +57,10 @@ class Trunk(nn.Module):
                  layout: torch.Tensor | None = None):
         super().__init__()
         self.tok = nn.Embedding(tokens, dim)
+        # tokens and positions start at the same small scale (GPT-2's 0.02): with torch's N(0, 1)
+        # token init, the positions are 2% of the first block's input and structure (a Sudoku
+        # cell's row, column and box) is learned several times slower
+        nn.init.normal_(self.tok.weight, std=0.02)
         # positions: one learned vector each, or with a ``layout`` (length, F) of ids the sum of F
         # learned vectors (a Sudoku cell = its row + its column + its box)
         self.pos = nn.Parameter(torch.randn(length, dim) * 0.02) if layout is None else None
