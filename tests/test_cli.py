@@ -80,7 +80,7 @@ def test_bad_run_directories_and_options(trained, tmp_path):
     bad.mkdir()
     (bad / "model.safetensors").write_bytes(b"garbage" * 10)
     assert "corrupt" in one_error_line(run("eval", bad))
-    assert "sample.nfe" in one_error_line(run("eval", trained, "--nfe", "0"))
+    assert "--nfe values must be integers >= 1" in one_error_line(run("eval", trained, "--nfe", "0"))
     assert "top-margin" in one_error_line(run("eval", trained, "--strategy", "best"))
     partial = tmp_path / "partial"  # inference weights but no training state: nothing to resume from
     partial.mkdir()

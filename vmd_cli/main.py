@@ -20,7 +20,8 @@ app = typer.Typer(
     "Examples:\n\n"
     "  vmd train --preset synthetic-2tok-vmd\n\n"
     "  vmd eval runs/synthetic-2tok-vmd --nfe 1\n\n"
-    "  vmd sample runs/synthetic-2tok-vmd -n 8",
+    "  vmd sample runs/synthetic-2tok-vmd -n 8\n\n"
+    "  vmd solve puzzles.txt --nfe 10",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -78,7 +79,7 @@ def train(
 ):
     """Train a model from a preset or config file; checkpoints go to the run directory."""
     from vmd.train import Trainer, TrainingInterrupted
-    from vmd_cli.progress import TrainProgress
+    from vmd_cli.progress import DataProgress, TrainProgress
 
     if resume is not None:
         if preset or config_file or out_dir:
@@ -92,8 +93,10 @@ def train(
         cfg = C.load(preset, config_file, sets)
         trainer = Trainer.create(cfg, out_dir or default_out(preset or Path(config_file).stem))
     run_dir = trainer.run_dir
-    err.print(f"run [bold]{run_dir}[/]: {trainer.cfg.method} on {trainer.cfg.task.name}/{trainer.cfg.task.kind}, "
+    err.print(f"run [bold]{run_dir}[/]: {trainer.cfg.method} on {task_label(trainer.cfg)}, "
               f"{trainer.parameters:,} parameters, {trainer.device}")
+    with DataProgress(err) as data_progress:
+        trainer.task.prepare(data_progress.update)
     with TrainProgress(err, trainer.step, trainer.cfg.train.steps) as progress:
         trainer.callback = progress.update
         try:
@@ -103,6 +106,23 @@ def train(
             err.print(f"{e}; continue with: vmd train --resume {e.run_dir}")
             raise typer.Exit(130)
     err.print(f"saved [bold]{run_dir}[/] at step {trainer.step}; evaluate with: vmd eval {run_dir}")
+
+
+def parse_ints(text: Optional[str], option: str) -> Optional[list[int]]:
+    """"1,2,5" -> [1, 2, 5]; None stays None; anything else is a one-line error."""
+    if text is None:
+        return None
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        fail(f"{option} takes integers separated by commas, got {text!r}")
+    if not values or min(values) < 1:
+        fail(f"{option} values must be integers >= 1, got {text!r}")
+    return values
+
+
+def task_label(cfg: C.Config) -> str:
+    return f"synthetic/{cfg.task.kind}" if cfg.task.name == "synthetic" else cfg.task.name
 
 
 def _load(run_dir: Path, device: Optional[str]):
@@ -116,12 +136,19 @@ def _load(run_dir: Path, device: Optional[str]):
 
 @app.command("eval", epilog="Examples:\n\n"
              "  vmd eval runs/synthetic-2tok-vmd --nfe 1\n\n"
-             "  vmd eval runs/synthetic-d1-mdm --nfe 4 --json")
+             "  vmd eval runs/synthetic-d1-mdm --nfe 4 --json\n\n"
+             "  vmd eval runs/sudoku-vmd-tiny --givens 22-26 --samples 200\n\n"
+             "  vmd eval runs/sudoku-vmd-tiny --data puzzles.csv --nfe 2,5,10 --strategy top-margin --json")
 @friendly
 def eval_cmd(
     run_dir: Path = typer.Argument(..., help="A run directory written by vmd train."),
-    nfe: Optional[int] = typer.Option(None, help="Denoiser calls per sample \\[default: the run's sample.nfe]."),
-    strategy: Optional[str] = typer.Option(None, help="Which positions to reveal: random, top-prob, top-margin."),
+    nfe: Optional[str] = typer.Option(None, help="Denoiser calls per sample \\[default: the run's sample.nfe; "
+                                      "Sudoku: a list, default 1,2,3,5,10,20,50]."),
+    strategy: Optional[str] = typer.Option(None, help="Which positions to reveal: random, top-prob, top-margin "
+                                           "\\[Sudoku: a list, default all three]."),
+    data: Optional[str] = typer.Option(None, help="Sudoku: a puzzle file to score on \\[default: a generated test set]."),
+    givens: str = typer.Option("30-36", help="Sudoku: the givens range LO-HI of the generated test set."),
+    restarts: int = typer.Option(0, help="Sudoku: retry failed puzzles with fresh z draws, up to K times."),
     temperature: Optional[float] = typer.Option(None, help="Sampling temperature; 0 is argmax."),
     z_policy: Optional[str] = typer.Option(None, "--z-policy", help="VMD latent: once (drawn at the start) or step (every step)."),
     samples: Optional[int] = typer.Option(None, help="How many samples to score \\[default: the run's, 50000]."),
@@ -136,8 +163,16 @@ def eval_cmd(
     if device is not None:
         C.from_dict({"device": {"device": device}})
     model, cfg, step, dev = _load(run_dir, device)
-    sc = _sample_config(cfg, nfe=nfe, strategy=strategy, temperature=temperature, z_policy=z_policy,
-                        num_samples=samples, seed=seed)
+    if cfg.task.name == "sudoku":
+        from vmd_cli.sudoku import eval_sudoku
+
+        return eval_sudoku(model, cfg, step, dev, run_dir, nfe=nfe, strategy=strategy, data=data, givens=givens,
+                           restarts=restarts, samples=samples, seed=seed, z_policy=z_policy, as_json=as_json)
+    nfe_value = parse_ints(nfe, "--nfe")
+    if nfe_value is not None and len(nfe_value) != 1:
+        fail("--nfe takes one value for this task")
+    sc = _sample_config(cfg, nfe=nfe_value[0] if nfe_value else None, strategy=strategy, temperature=temperature,
+                        z_policy=z_policy, num_samples=samples, seed=seed)
     task = make_task(cfg.task)
     metrics = evaluate(model, task, cfg, sc, dev)
     metrics = {"method": cfg.method, "step": step, "nfe": sc.nfe, "strategy": sc.strategy,
@@ -145,7 +180,7 @@ def eval_cmd(
     if as_json:
         print(json.dumps(metrics))
         return
-    table = Table(title=f"{cfg.method.upper()} {cfg.task.kind}, step {step}", caption=str(run_dir))
+    table = Table(title=f"{cfg.method.upper()} {task_label(cfg)}, step {step}", caption=str(run_dir))
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k, v in metrics.items():
@@ -181,6 +216,9 @@ def sample(
         return
     for line in task.format(x):
         out.print(line, highlight=False)
+
+
+import vmd_cli.sudoku  # noqa: E402,F401  (registers vmd solve)
 
 
 def main() -> None:

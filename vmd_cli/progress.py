@@ -1,4 +1,4 @@
-"""A rich progress bar for training: step, loss, latent KL, steps/s and time left."""
+"""Rich progress bars: making training data, and training (step, loss, latent KL, steps/s, time left)."""
 
 from __future__ import annotations
 
@@ -34,3 +34,25 @@ class TrainProgress:
         fields = {"loss": f"{m['loss']:.3f}", "kl": f"{m['latent_kl']:.3f}", "bpt": f"{m['bits_per_token']:.3f}",
                   "rate": f"{ev.steps_per_s:.1f}"}
         self.bar.update(self.task, completed=ev.step, total=ev.total, **fields)
+
+
+class DataProgress:
+    """A bar that appears only if a task has training data to make (a cached set shows nothing)."""
+
+    def __init__(self, console: Console):
+        self.console, self.bar, self.task = console, None, None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def update(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = Progress(TextColumn("[bold]data"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                console=self.console, transient=True)
+            self.bar.__enter__()
+            self.task = self.bar.add_task("data", total=total)
+        self.bar.update(self.task, completed=done, total=total)

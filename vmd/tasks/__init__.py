@@ -3,7 +3,9 @@
 A task has ``vocab`` (clean token ids 0..vocab-1; id ``vocab`` is [MASK]), ``length``,
 ``train_batch(n, generator) -> (x0, given)``, ``start(n) -> (x, given)`` (what generation
 starts from; ``given`` marks positions that never change, or is None), ``metrics(samples)``
-and ``format(x)``. Training, sampling and the CLI stay domain-free.
+and ``format(x)``; ``layout`` (None, or a (length, F) position structure for the model) and
+``prepare(progress)`` (make or load training data before the first batch). Training,
+sampling and the CLI stay domain-free.
 """
 
 from __future__ import annotations
@@ -16,4 +18,8 @@ def make_task(cfg: TaskConfig):
         from vmd.tasks.synthetic import SyntheticTask
 
         return SyntheticTask(cfg)
+    if cfg.name == "sudoku":
+        from vmd.tasks.sudoku import SudokuTask
+
+        return SudokuTask(cfg)
     raise ValueError(f"unknown task {cfg.name!r}")

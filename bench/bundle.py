@@ -1,0 +1,73 @@
+"""Ship trained Sudoku runs inside the package and record where they came from.
+
+    python bench/bundle.py --vmd runs/sudoku-vmd-tiny --mdm runs/sudoku-mdm-tiny
+
+Copies each run's model.safetensors (EMA weights, config and step in its header) to
+vmd/models/sudoku-{vmd,mdm}.safetensors and writes docs/bundled-models.md: the preset the
+run matches, steps, parameters, device, training time, versions, file size and SHA-256.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import platform
+import shutil
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from vmd import checkpoint, config as C
+
+ROOT = Path(__file__).resolve().parent.parent
+LIMIT_MB = 25
+
+
+def preset_of(run_dir: Path, cfg: C.Config) -> str:
+    name = run_dir.name
+    if name in C.list_presets() and C.load(name) == cfg:
+        return f"`{name}` as bundled"
+    return "its own config (see the file's header)" if name not in C.list_presets() else f"`{name}` with changes"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--vmd", type=Path, required=True)
+    ap.add_argument("--mdm", type=Path, required=True)
+    args = ap.parse_args()
+    rows = []
+    for name, run_dir in (("sudoku-vmd", args.vmd), ("sudoku-mdm", args.mdm)):
+        model, cfg, step = checkpoint.load_model(run_dir)
+        if cfg.task.name != "sudoku":
+            raise SystemExit(f"{run_dir} is not a Sudoku run")
+        src = run_dir / checkpoint.MODEL_FILE
+        size = src.stat().st_size / 2**20
+        if size > LIMIT_MB:
+            raise SystemExit(f"{src} is {size:.1f} MB, over the {LIMIT_MB} MB limit for a bundled model")
+        dst = ROOT / "vmd" / "models" / f"{name}.safetensors"
+        shutil.copyfile(src, dst)
+        meta = checkpoint.read_meta(run_dir)
+        rows.append((name, preset_of(run_dir, cfg), step, sum(p.numel() for p in model.parameters()), meta, size,
+                     hashlib.sha256(dst.read_bytes()).hexdigest()))
+        print(f"{dst}: {size:.1f} MB, step {step}")
+    lines = ["# Bundled models", "",
+             "`vmd solve` and `vmd play` use these two models when no `--model` is given. They ship inside the "
+             "package as `vmd/models/sudoku-{vmd,mdm}.safetensors`: the EMA weights of a `vmd train` run, with the "
+             "resolved config and the step in the file's header (no pickled code).", "",
+             "| model | trained from | steps | parameters | device | training time | file | SHA-256 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, preset, step, params, meta, size, sha in rows:
+        minutes = float(meta.get("elapsed_s", float("nan"))) / 60
+        lines.append(f"| {name} | {preset} | {step} | {params:,} | {meta.get('device', '?')} | {minutes:.0f} min | "
+                     f"{size:.1f} MB | `{sha[:16]}...` |")
+    versions = rows[0][4].get("versions", {})
+    lines += ["", f"Bundled on {date.today()} by `python bench/bundle.py --vmd {args.vmd} --mdm {args.mdm}`; trained "
+              f"with torch {versions.get('torch', '?')} on this repository's machine ({platform.machine()}, "
+              f"{torch.get_num_threads()} CPU threads visible here). Accuracy: docs/results-sudoku.md."]
+    (ROOT / "docs" / "bundled-models.md").write_text("\n".join(lines) + "\n")
+    print("wrote docs/bundled-models.md")
+
+
+if __name__ == "__main__":
+    main()

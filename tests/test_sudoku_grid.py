@@ -1,0 +1,98 @@
+import pytest
+
+from vmd.errors import DataError
+from vmd.sudoku.grid import conflicts, is_solved, parse, read_puzzles, to_line
+
+SOLUTION = "534678912672195348198342567859761423426853791713924856961537284287419635345286179"
+PUZZLE = "53..7....6..195....98....6.8...6...34..8.3..17...2...6.6....28....419..5....8..79"
+
+
+def grid_of(s):
+    return tuple(0 if ch == "." else int(ch) for ch in s)
+
+
+def as_rows(line, blank="."):
+    return [line[i:i + 9].replace(".", blank) for i in range(0, 81, 9)]
+
+
+@pytest.mark.parametrize("blank", [".", "0", "_", "*", "X"])
+def test_81_character_lines_with_every_blank_mark(blank):
+    text = PUZZLE.replace(".", blank) + "\n" + SOLUTION + "\n"
+    a, b = parse(text, "f.sdm")
+    assert a.grid == grid_of(PUZZLE) and b.grid == grid_of(SOLUTION)
+    assert a.givens == 30 and a.source == "f.sdm:1" and b.source == "f.sdm:2"
+
+
+def test_81_character_line_with_its_solution_beside_it():
+    (p,) = parse(f"{PUZZLE} {SOLUTION}\n")
+    assert p.solution == grid_of(SOLUTION)
+
+
+def test_sdk_grids_with_header_lines_and_several_per_file():
+    text = "#A Author\n#D a comment\n" + "\n".join(as_rows(PUZZLE)) + "\n\n" + "\n".join(as_rows(SOLUTION)) + "\n"
+    a, b = parse(text, "x.sdk")
+    assert a.grid == grid_of(PUZZLE) and b.grid == grid_of(SOLUTION)
+    assert a.source == "x.sdk:3"
+
+
+def test_grids_drawn_with_box_borders():
+    rows = as_rows(PUZZLE)
+    drawn = []
+    for i, r in enumerate(rows):
+        if i in (3, 6):
+            drawn.append("---+---+---")
+        drawn.append(f"{r[:3]}|{r[3:6]}|{r[6:]}")
+    starred = ["*-----------*"] + [f"| {r[:3]} | {r[3:6]} | {r[6:]} |" for r in rows] + ["*-----------*"]
+    assert parse("\n".join(drawn))[0].grid == grid_of(PUZZLE)
+    assert parse("\n".join(starred))[0].grid == grid_of(PUZZLE)
+
+
+@pytest.mark.parametrize("header", ["quizzes,solutions", "puzzle,solution", "id,puzzle,solution,clues"])
+def test_csv_with_a_header(header):
+    cols = header.split(",")
+    values = {"quizzes": PUZZLE.replace(".", "0"), "puzzle": PUZZLE.replace(".", "0"), "solutions": SOLUTION,
+              "solution": SOLUTION, "id": "7", "clues": "30"}
+    text = header + "\n" + ",".join(values[c] for c in cols) + "\n"
+    (p,) = parse(text, "k.csv")
+    assert p.grid == grid_of(PUZZLE) and p.solution == grid_of(SOLUTION) and p.source == "k.csv:2"
+
+
+def test_writers_round_trip():
+    (p,) = parse(PUZZLE)
+    assert to_line(p.grid) == PUZZLE
+    assert parse(to_line(p.grid))[0] == p
+
+
+@pytest.mark.parametrize("text, message", [
+    (PUZZLE[:80] + "\n", "f:1: 80 cells"),
+    (PUZZLE[:40] + "a" + PUZZLE[41:] + "\n", "f:1: bad character 'a' at position 41"),
+    ("55" + PUZZLE[2:] + "\n", "f:1: givens conflict (two 5s in row 1)"),
+    ("\n".join(as_rows(PUZZLE)[:5]) + "\n", "f:1: grid has 5 rows, expected 9"),
+    ("\n".join(as_rows(PUZZLE)[:5]) + "\n\n" + PUZZLE, "f:1: grid has 5 rows, expected 9"),
+    ("puzzle,solution\n" + PUZZLE + "," + SOLUTION[:-1] + "2\n", "f:2: the solution given does not solve the puzzle"),
+    ("quizzes\n123\n", "f:2: puzzle has 3 cells, expected 81"),
+])
+def test_malformed_input_names_the_line_and_the_reason(text, message):
+    with pytest.raises(DataError) as e:
+        parse(text, "f")
+    assert message in str(e.value)
+
+
+def test_read_puzzles_reports_missing_and_empty_files(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        read_puzzles(tmp_path / "none.txt")
+    (tmp_path / "empty.txt").write_text("# only a comment\n")
+    with pytest.raises(DataError, match="no puzzles found"):
+        read_puzzles(tmp_path / "empty.txt")
+
+
+def test_checker():
+    sol, puz = grid_of(SOLUTION), grid_of(PUZZLE)
+    assert is_solved(sol, puz) and not conflicts(sol)
+    swapped = list(sol)
+    swapped[0], swapped[1] = swapped[1], swapped[0]  # rows still fine, columns break
+    assert not is_solved(swapped, [0] * 81) and conflicts(swapped)
+    assert not is_solved(sol[:80] + (0,), puz)  # incomplete
+    other_given = list(puz)
+    other_given[2] = 1  # a given the grid does not keep
+    assert not is_solved(sol, other_given)

@@ -1,0 +1,124 @@
+"""Sudoku end to end: the task, training a tiny model in the test, vmd solve and vmd eval."""
+
+import json
+import random
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from vmd import config as C
+from vmd.diffusion import mask_tokens
+from vmd.schedule import make_schedule
+from vmd.sudoku.grid import parse, to_line
+from vmd.sudoku.solve import solve, solved_mask
+from vmd.sudoku.solver import make_puzzle
+from vmd.tasks import make_task
+from vmd.tasks.sudoku import sudoku_layout, to_digits, to_tokens
+from vmd.train import Trainer
+from vmd_cli.main import app
+
+runner = CliRunner()
+
+
+def sudoku_cfg(method="mdm", steps=300, **task):
+    data = {"method": method, "task": {"name": "sudoku", "grids": 200, **task},
+            "model": {"dim": 64, "layers": 2, "heads": 4},
+            "latent": {"dim": 8, "encoder_dim": 32, "encoder_layers": 0, "prior": "conditional", "components": 4,
+                       "prior_dim": 32, "prior_layers": 0, "beta": 0.1},
+            "train": {"steps": steps, "batch_size": 64, "lr": 2e-3, "warmup_steps": 20, "log_every": 50,
+                      "checkpoint_every": 1000},
+            "sample": {"temperature": 0.0, "strategy": "top-margin"}, "device": {"device": "cpu"}}
+    return C.from_dict(data)
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("VMD_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("VMD_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+    run_dir = tmp_path_factory.mktemp("runs") / "sudoku-mdm"
+    Trainer.create(sudoku_cfg(), run_dir).run()
+    mp.undo()
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def easy_file(tmp_path_factory):
+    """Puzzles with few blanks: what a model trained for seconds can fill."""
+    rng = random.Random(7)
+    pairs = [make_puzzle(rng, 70, 76) for _ in range(12)]
+    path = tmp_path_factory.mktemp("puzzles") / "easy.txt"
+    path.write_text("".join(to_line(p) + "\n" for p, _ in pairs))
+    return path
+
+
+def test_layout_gives_each_cell_its_row_column_and_box():
+    lay = sudoku_layout()
+    assert lay.shape == (81, 3)
+    assert lay[0].tolist() == [0, 9, 18] and lay[80].tolist() == [8, 17, 26] and lay[30].tolist() == [3, 12, 22]
+
+
+def test_puzzle_training_never_masks_the_givens():
+    task = make_task(sudoku_cfg(source="puzzles", grids=20, min_givens=30, max_givens=36).task)
+    x0, given = task.train_batch(32, torch.Generator().manual_seed(0))
+    assert given is not None and given.sum(1).min() >= 30
+    xt, masked = mask_tokens(x0, torch.ones(32), make_schedule("linear"), 9, given)  # t = 1: everything maskable
+    assert not (masked & given).any() and torch.equal(xt[given], x0[given]) and masked.sum() == (~given).sum()
+    assert torch.equal(to_tokens(to_digits(x0)), x0)
+
+
+def test_solve_keeps_givens_and_a_briefly_trained_model_fills_easy_puzzles(trained, easy_file):
+    from vmd.checkpoint import load_model
+
+    model, _, _ = load_model(trained)
+    puzzles = torch.tensor([p.grid for p in parse(easy_file.read_text())])
+    result = solve(model, puzzles, nfe=10, batch_size=5, restarts=1)
+    assert torch.equal(result.grids[puzzles > 0], puzzles[puzzles > 0].long())
+    assert torch.equal(result.solved, solved_mask(result.grids, puzzles))
+    assert result.solved.double().mean() >= 0.5, result.solved  # 5-11 blanks each
+
+
+def test_vmd_solve_cli_formats_and_exit_codes(trained, easy_file, tmp_path):
+    r = runner.invoke(app, ["solve", str(easy_file), "--model", str(trained), "--format", "json"])
+    assert r.exit_code in (0, 1), r.output
+    rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    assert len(rows) == 12 and all(len(x["solution"]) == 81 for x in rows)
+    assert r.exit_code == (0 if all(x["solved"] for x in rows) else 1)
+    assert "solved" in r.stderr and "puzzles/s" in r.stderr
+    r = runner.invoke(app, ["solve", str(easy_file), "--model", str(trained), "--format", "line"])
+    assert len([ln for ln in r.stdout.splitlines() if ln.strip()]) == 12
+    r = runner.invoke(app, ["solve", str(easy_file), "--model", str(trained)])
+    assert "givens" in r.stdout and "|" in r.stdout
+    bad = tmp_path / "bad.txt"
+    bad.write_text(to_line([0] * 81) + "\n" + "12" * 40 + "\n")
+    r = runner.invoke(app, ["solve", str(bad), "--model", str(trained)])
+    assert r.exit_code == 2 and "bad.txt:2: 80 cells" in r.stderr
+    r = runner.invoke(app, ["solve", str(easy_file), "--model", str(tmp_path / "nothing")])
+    assert r.exit_code == 2 and "does not exist" in r.stderr
+    r = runner.invoke(app, ["solve", str(easy_file), "--model", str(trained), "--format", "svg"])
+    assert r.exit_code == 2 and "grid, line, json" in r.stderr
+
+
+def test_vmd_eval_sudoku_table(trained, easy_file):
+    r = runner.invoke(app, ["eval", str(trained), "--data", str(easy_file), "--nfe", "1,10", "--strategy",
+                            "random,top-margin", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert set(out["accuracy"]) == {"random", "top-margin"} and set(out["accuracy"]["random"]) == {"1", "10"}
+    assert out["puzzles"] == 12 and 0 <= out["accuracy"]["top-margin"]["10"] <= 1
+
+
+def test_solving_with_the_bundled_model():
+    from vmd.checkpoint import load_model
+    from vmd.models import bundled_path
+
+    rng = random.Random(11)
+    pairs = [make_puzzle(rng, 30, 36) for _ in range(8)]
+    model, cfg, _ = load_model(bundled_path("sudoku-vmd"))
+    result = solve(model, torch.tensor([p for p, _ in pairs]), nfe=10, z_policy=cfg.sample.z_policy)
+    assert result.solved.double().mean() >= 0.75

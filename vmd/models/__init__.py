@@ -1,0 +1,24 @@
+"""Models shipped inside the package, so that ``vmd solve`` and ``vmd play`` work offline.
+
+Each is one ``model.safetensors`` file as ``vmd train`` writes it (EMA weights, the config
+and the step in its header; no pickled code). Provenance: docs/bundled-models.md.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from vmd.errors import CheckpointError
+
+BUNDLED = ("sudoku-vmd", "sudoku-mdm")
+
+
+def bundled_path(name: str) -> Path:
+    if name not in BUNDLED:
+        raise CheckpointError(f"no bundled model {name!r}; bundled: {', '.join(BUNDLED)}")
+    path = Path(str(resources.files(__name__) / f"{name}.safetensors"))
+    if not path.is_file():
+        raise CheckpointError(f"the bundled model {name} is missing from this install ({path}); "
+                              "reinstall vmd, or pass --model RUN_DIR")
+    return path

@@ -1,0 +1,206 @@
+"""Sudoku grids: one reader for the formats people have, the rules, and plain writers.
+
+A grid is a tuple of 81 ints, row by row, 0 for a blank and 1-9 for a digit. Read:
+
+- 81-character lines, one puzzle per line (``.sdm``); ``.``, ``0``, ``_``, ``*`` or ``X``
+  mark blanks; a second 81-character field on the line is taken as the solution;
+- 9x9 grids (``.sdk``), ``#`` lines are comments, blank lines separate grids;
+- grids drawn with box borders (``.ss``): ``|`` and ``+`` inside rows are dropped, and rows
+  made only of border characters (``-``, ``=``, ``+``, ``*``, ``|``) are skipped;
+- CSV with a header naming the puzzle column (``quizzes``, ``puzzle``, ``puzzles``, ``quiz``)
+  and optionally the solution column (``solutions``, ``solution``), as Kaggle's sets have.
+
+Every error names the source, the line and the reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from vmd.errors import DataError
+
+BLANKS = frozenset(".0_*Xx")
+BORDER = frozenset("-=+*|")
+PUZZLE_COLUMNS = ("quizzes", "puzzle", "puzzles", "quiz")
+SOLUTION_COLUMNS = ("solutions", "solution")
+
+# The 27 units (9 rows, 9 columns, 9 boxes) as lists of cell indices.
+ROWS = [[r * 9 + c for c in range(9)] for r in range(9)]
+COLS = [[r * 9 + c for r in range(9)] for c in range(9)]
+BOXES = [[(br * 3 + r) * 9 + bc * 3 + c for r in range(3) for c in range(3)] for br in range(3) for bc in range(3)]
+UNITS = ROWS + COLS + BOXES
+UNIT_NAMES = [f"row {i + 1}" for i in range(9)] + [f"column {i + 1}" for i in range(9)] + [f"box {i + 1}" for i in range(9)]
+
+
+@dataclass(frozen=True)
+class Puzzle:
+    grid: tuple[int, ...]
+    solution: tuple[int, ...] | None = None
+    source: str = ""  # "file:line", for messages
+
+    @property
+    def givens(self) -> int:
+        return sum(1 for v in self.grid if v)
+
+
+def conflicts(grid) -> set[int]:
+    """Cells whose digit repeats in some row, column or box."""
+    bad: set[int] = set()
+    for unit in UNITS:
+        seen: dict[int, int] = {}
+        for i in unit:
+            v = grid[i]
+            if v:
+                if v in seen:
+                    bad.update((i, seen[v]))
+                seen[v] = i
+    return bad
+
+
+def first_conflict(grid) -> str | None:
+    """A sentence naming the first broken rule, or None."""
+    for unit, name in zip(UNITS, UNIT_NAMES):
+        digits = [grid[i] for i in unit if grid[i]]
+        for v in set(digits):
+            if digits.count(v) > 1:
+                return f"two {v}s in {name}"
+    return None
+
+
+def is_solved(grid, puzzle) -> bool:
+    """Complete, every row, column and box a permutation of 1-9, and every given kept."""
+    if len(grid) != 81 or any(not 1 <= v <= 9 for v in grid):
+        return False
+    if any(p and p != g for p, g in zip(puzzle, grid)):
+        return False
+    return all(len({grid[i] for i in unit}) == 9 for unit in UNITS)
+
+
+def to_line(grid) -> str:
+    return "".join(str(v) if v else "." for v in grid)
+
+
+def to_json(puzzle: Puzzle, result=None, solved: bool | None = None) -> str:
+    out = {"puzzle": to_line(puzzle.grid)}
+    if result is not None:
+        out["solution"] = to_line(result)
+    if solved is not None:
+        out["solved"] = solved
+    return json.dumps(out)
+
+
+def _cells(text: str, where: str) -> tuple[int, ...]:
+    out = []
+    for col, ch in enumerate(text, 1):
+        if ch in BLANKS:
+            out.append(0)
+        elif "1" <= ch <= "9":
+            out.append(int(ch))
+        else:
+            raise DataError(f"{where}: bad character {ch!r} at position {col} (digits 1-9, or . 0 _ * X for blanks)")
+    return tuple(out)
+
+
+def _checked(grid, solution, where: str) -> Puzzle:
+    clash = first_conflict(grid)
+    if clash:
+        raise DataError(f"{where}: givens conflict ({clash})")
+    if solution is not None:
+        if not is_solved(solution, grid):
+            raise DataError(f"{where}: the solution given does not solve the puzzle")
+    return Puzzle(grid, solution, where)
+
+
+def _read_csv(text: str, name: str) -> list[Puzzle]:
+    rows = csv.reader(io.StringIO(text))
+    header = [h.strip().lower() for h in next(rows)]
+    col = next((header.index(c) for c in PUZZLE_COLUMNS if c in header), None)
+    if col is None:
+        raise DataError(f"{name}:1: CSV header has no puzzle column (one of {', '.join(PUZZLE_COLUMNS)})")
+    sol = next((header.index(c) for c in SOLUTION_COLUMNS if c in header), None)
+    out = []
+    for n, row in enumerate(rows, 2):
+        if not row or not "".join(row).strip():
+            continue
+        where = f"{name}:{n}"
+        if len(row) <= max(col, sol or 0):
+            raise DataError(f"{where}: {len(row)} fields, the header has {len(header)}")
+        cells = row[col].strip()
+        if len(cells) != 81:
+            raise DataError(f"{where}: puzzle has {len(cells)} cells, expected 81")
+        solution = _cells(row[sol].strip(), where) if sol is not None and row[sol].strip() else None
+        if solution is not None and len(solution) != 81:
+            raise DataError(f"{where}: solution has {len(solution)} cells, expected 81")
+        out.append(_checked(_cells(cells, where), solution, where))
+    return out
+
+
+def _is_csv(first: str) -> bool:
+    return any(c in [h.strip().lower() for h in first.split(",")] for c in PUZZLE_COLUMNS)
+
+
+def parse(text: str, name: str = "<input>") -> list[Puzzle]:
+    """Every puzzle in ``text``; raises DataError naming ``name``, the line and the reason."""
+    lines = text.splitlines()
+    first = next((ln for ln in lines if ln.strip()), "")
+    if _is_csv(first):
+        return _read_csv(text, name)
+    out: list[Puzzle] = []
+    rows: list[tuple[int, ...]] = []
+    start = 0
+    for n, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if line.startswith("#") or (not line and not rows):
+            continue
+        where = f"{name}:{n}"
+        if not line:
+            raise DataError(f"{name}:{start}: grid has {len(rows)} rows, expected 9")
+        fields = line.split()
+        if len(fields[0]) == 81:  # one puzzle per line; a second 81-cell field is its solution, the rest is ignored
+            if rows:
+                raise DataError(f"{where}: an 81-cell line inside a grid that started on line {start}")
+            solution = _cells(fields[1], where) if len(fields) > 1 and len(fields[1]) == 81 else None
+            out.append(_checked(_cells(fields[0], where), solution, where))
+            continue
+        compact = "".join(ch for ch in line if not ch.isspace())
+        if set(compact) <= BORDER and set(compact) & set("-="):
+            continue  # a drawn border
+        cells = "".join(ch for ch in compact if ch not in "|+")
+        if len(cells) != 9:
+            expected = (f"9 (row {len(rows) + 1} of the grid that starts on line {start})" if rows
+                        else "81 (one puzzle per line) or 9 (a row of a grid)")
+            raise DataError(f"{where}: {len(cells)} cells, expected {expected}")
+        if not rows:
+            start = n
+        rows.append(_cells(cells, where))
+        if len(rows) == 9:
+            out.append(_checked(sum(rows, ()), None, f"{name}:{start}"))
+            rows = []
+    if rows:
+        raise DataError(f"{name}:{start}: grid has {len(rows)} rows, expected 9")
+    return out
+
+
+def read_puzzles(path: str | Path) -> list[Puzzle]:
+    """Read a puzzle file (``-`` is stdin); at least one puzzle, or a DataError."""
+    import sys
+
+    if str(path) == "-":
+        text, name = sys.stdin.read(), "<stdin>"
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise DataError(f"{path}: no such file")
+        try:
+            text = p.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: not a text file ({e.reason})") from None
+        name = str(path)
+    puzzles = parse(text, name)
+    if not puzzles:
+        raise DataError(f"{name}: no puzzles found")
+    return puzzles

@@ -1,0 +1,162 @@
+"""Sudoku commands: ``vmd solve`` (every puzzle of a file, by default with the bundled model) and the
+Sudoku accuracy table of ``vmd eval``."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.text import Text
+
+from vmd_cli.main import app, err, fail, friendly, out
+
+FORMATS = ("grid", "line", "json")
+
+
+@contextmanager
+def progress_bar(label: str, total: int):
+    """A transient bar on stderr: (bar, task) for ``bar.advance(task, k)``."""
+    with Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err, transient=True) as bar:
+        yield bar, bar.add_task(label, total=total)
+
+
+def draw(puzzle, grid, bad: set[int]) -> Text:
+    """A 9x9 grid with box borders: givens bold, filled cells cyan, broken rules red."""
+    text = Text()
+    for r in range(9):
+        if r in (3, 6):
+            text.append("------+-------+------\n", style="dim")
+        for c in range(9):
+            if c in (3, 6):
+                text.append("| ", style="dim")
+            i = r * 9 + c
+            v = grid[i]
+            style = "bold" if puzzle[i] else ("red" if i in bad else "cyan")
+            text.append(str(v) if v else ".", style=style)
+            text.append(" " if c < 8 else "\n")
+    return text
+
+
+def load_sudoku_model(model: Optional[Path], device: Optional[str]):
+    from vmd.checkpoint import load_model
+    from vmd.models import bundled_path
+    from vmd.train import resolve_device
+
+    source = model if model is not None else bundled_path("sudoku-vmd")
+    net, cfg, step = load_model(source, "cpu")
+    if cfg.task.name != "sudoku":
+        fail(f"{source} is a {cfg.task.name} model, not a Sudoku model")
+    dev = resolve_device(device or cfg.device.device)
+    return net.to(dev), cfg, step, dev
+
+
+@app.command(epilog="Examples:\n\n"
+             "  vmd solve puzzles.txt\n\n"
+             "  vmd solve puzzles.csv --nfe 5 --restarts 4 --format line\n\n"
+             "  cat puzzle.sdk | vmd solve - --model runs/sudoku-vmd-tiny\n\n"
+             "Exit code: 0 when every puzzle is solved, 1 when some are not, 2 for bad input.")
+@friendly
+def solve(
+    file: str = typer.Argument(..., help="Puzzle file: 81-character lines, 9x9 grids (with or without borders) or CSV; - for stdin."),
+    nfe: int = typer.Option(10, help="Denoiser calls per puzzle."),
+    strategy: str = typer.Option("top-margin", help="Which cells to fill first: random, top-prob, top-margin."),
+    model: Optional[Path] = typer.Option(None, help="A run directory from vmd train \\[default: the bundled VMD]."),
+    restarts: int = typer.Option(0, help="Retry each failed puzzle up to K times with fresh z draws."),
+    fmt: str = typer.Option("grid", "--format", help="Output: grid (drawn), line (81 characters) or json (one object per line)."),
+    seed: int = typer.Option(0, help="Sampling seed."),
+    batch_size: int = typer.Option(256, help="Puzzles per batch."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or mps \\[default: the model's]."),
+):
+    """Solve every puzzle in FILE; failures are marked, a summary ends the output."""
+    from vmd import config as C
+    from vmd.sudoku.data import puzzles_to_tensors
+    from vmd.sudoku.grid import conflicts, read_puzzles, to_json, to_line
+    from vmd.sudoku.solve import solve as solve_puzzles
+
+    if fmt not in FORMATS:
+        fail(f"unknown --format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if restarts < 0 or batch_size < 1:
+        fail("--restarts must be >= 0 and --batch-size >= 1")
+    C.from_dict({"sample": {"nfe": nfe, "strategy": strategy}, **({"device": {"device": device}} if device else {})})
+    puzzles = read_puzzles(file)
+    net, cfg, _, dev = load_sudoku_model(model, device)
+    grids, _ = puzzles_to_tensors(puzzles)
+    t0 = time.perf_counter()
+    with progress_bar("solve", len(puzzles)) as (bar, task):
+        result = solve_puzzles(net, grids, nfe=nfe, strategy=strategy, restarts=restarts, batch_size=batch_size,
+                               seed=seed, z_policy=cfg.sample.z_policy, schedule=cfg.diffusion.schedule, device=dev,
+                               on_batch=lambda k: bar.advance(task, k))
+    seconds = time.perf_counter() - t0
+    for p, g, ok in zip(puzzles, result.grids.tolist(), result.solved.tolist()):
+        if fmt == "json":
+            print(to_json(p, g, ok))
+        elif fmt == "line":
+            print(to_line(g) + ("" if ok else "  # not solved"))
+        else:
+            mark = "[green]solved[/]" if ok else "[bold red]NOT SOLVED[/]"
+            out.print(f"{p.source}  {p.givens} givens  {mark}", highlight=False)
+            out.print(draw(p.grid, g, set() if ok else conflicts(g)))
+    solved = int(result.solved.sum())
+    err.print(f"solved {solved}/{len(puzzles)} in {seconds:.2f} s ({len(puzzles) / max(seconds, 1e-9):.1f} puzzles/s), "
+              f"NFE {nfe}, {strategy}" + (f", up to {restarts} restarts" if restarts else ""), highlight=False)
+    if solved < len(puzzles):
+        raise typer.Exit(1)
+
+
+def eval_sudoku(model, cfg, step, dev, run_dir, *, nfe, strategy, data, givens, restarts, samples, seed, z_policy,
+                as_json):
+    """The accuracy table of ``vmd eval`` for a Sudoku model."""
+    import json
+
+    from rich.table import Table
+
+    from vmd.sampling import STRATEGIES
+    from vmd.sudoku.data import generated_set, puzzles_to_tensors
+    from vmd.sudoku.evaluate import DEFAULT_NFES, accuracy_table
+    from vmd.sudoku.grid import read_puzzles
+    from vmd_cli.main import parse_ints
+
+    nfes = parse_ints(nfe, "--nfe") or list(DEFAULT_NFES)
+    strategies = [s.strip() for s in strategy.split(",")] if strategy else list(STRATEGIES)
+    unknown = [s for s in strategies if s not in STRATEGIES]
+    if unknown:
+        fail(f"unknown strategy {unknown[0]!r}; choose from {', '.join(STRATEGIES)}")
+    if data:
+        puzzles, _ = puzzles_to_tensors(read_puzzles(data))
+        if samples:
+            puzzles = puzzles[:samples]
+        source = data
+    else:
+        try:
+            lo, hi = (int(v) for v in givens.split("-"))
+        except ValueError:
+            fail(f"--givens takes a range LO-HI such as 30-36, got {givens!r}")
+        if not 17 <= lo <= hi <= 80:
+            fail(f"--givens must satisfy 17 <= LO <= HI <= 80, got {givens}")
+        n = samples or 500
+        with progress_bar("test set", n) as (bar, task):
+            puzzles, _ = generated_set(n, lo, hi, seed=1000 + (seed or 0), progress=lambda k: bar.advance(task, k))
+        source = f"generated, {lo}-{hi} givens"
+    runs = len(nfes) * len(strategies) * puzzles.shape[0]
+    with progress_bar("eval", runs) as (bar, task):
+        table = accuracy_table(model, puzzles, nfes=nfes, strategies=strategies, restarts=restarts, seed=seed or 0,
+                               z_policy=z_policy or cfg.sample.z_policy, schedule=cfg.diffusion.schedule, device=dev,
+                               on_batch=lambda k: bar.advance(task, k))
+    if as_json:
+        print(json.dumps({"method": cfg.method, "step": step, "puzzles": int(puzzles.shape[0]), "source": source,
+                          "restarts": restarts, **table}))
+        return
+    view = Table(title=f"{cfg.method.upper()} sudoku, step {step}: % solved ({puzzles.shape[0]} puzzles, {source})",
+                 caption=str(run_dir))
+    view.add_column("strategy")
+    for k in nfes:
+        view.add_column(f"NFE {k}", justify="right")
+    for s_name in strategies:
+        view.add_row(s_name, *(f"{100 * table['accuracy'][s_name][k]:.1f}" for k in nfes))
+    out.print(view)
+
