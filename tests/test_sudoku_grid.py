@@ -96,3 +96,12 @@ def test_checker():
     other_given = list(puz)
     other_given[2] = 1  # a given the grid does not keep
     assert not is_solved(sol, other_given)
+
+
+def test_the_drawn_grid_of_vmd_solve_reads_back():
+    from vmd_cli.sudoku import draw
+
+    g = grid_of(PUZZLE)
+    drawn = draw(g, g, set()).plain
+    assert "|" in drawn and "+" in drawn
+    assert parse(drawn)[0].grid == g

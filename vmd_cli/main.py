@@ -218,6 +218,7 @@ def sample(
         out.print(line, highlight=False)
 
 
+import vmd_cli.play  # noqa: E402,F401  (registers vmd play)
 import vmd_cli.sudoku  # noqa: E402,F401  (registers vmd solve)
 
 

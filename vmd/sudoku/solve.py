@@ -68,3 +68,39 @@ def solve(model, puzzles: torch.Tensor, *, nfe: int = 10, strategy: str = "top-m
         if on_batch:
             on_batch(p.shape[0])
     return SolveResult(grids, solved, attempts)
+
+
+@dataclass
+class Trace:
+    """One puzzle solved step by step, for a UI: ``frames[k]`` is the grid after step k
+    (``frames[0]`` the puzzle), ``filled_at[i]`` the step that filled cell i (0 for a given)."""
+
+    frames: list[list[int]]
+    filled_at: list[int]
+    z_drawn: bool
+
+    @property
+    def nfe(self) -> int:
+        return len(self.frames) - 1
+
+
+@torch.no_grad()
+def trace(model, puzzle, *, nfe: int, strategy: str = "top-margin", seed: int = 0, z_policy: str = "once",
+          schedule: str = "linear", device="cpu") -> Trace:
+    """Solve one puzzle (81 digits, 0 blank) and keep every intermediate grid. The seed fixes
+    the latent draws of a VMD: a new seed is a new z."""
+    from vmd.sampling import Step
+
+    gen = torch.Generator(device=device).manual_seed(seed)
+    p = torch.tensor([list(puzzle)])
+    frames = [list(puzzle)]
+    filled_at = [0 if v else -1 for v in puzzle]
+
+    def keep(step: Step) -> None:
+        frames.append(to_digits(step.x[0]).tolist())
+        for i in step.revealed[0].nonzero().flatten().tolist():
+            filled_at[i] = step.index
+
+    generate(model, to_tokens(p).to(device), nfe=nfe, strategy=strategy, temperature=0.0, z_policy=z_policy,
+             schedule=make_schedule(schedule), generator=gen, callback=keep)
+    return Trace(frames, filled_at, model.has_latent)

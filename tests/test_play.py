@@ -1,0 +1,127 @@
+"""vmd play, driven headless by Textual's Pilot, with the bundled models."""
+
+import asyncio
+
+from vmd_cli.play import build_app
+from vmd_cli.play.board import Board
+
+
+def drive(script, size=(80, 24), **kwargs):
+    """Run ``script(app, pilot)`` against a headless app; returns what the script returns."""
+
+    async def main():
+        app = build_app(**kwargs)
+        async with app.run_test(size=size) as pilot:
+            await settle(app, pilot)
+            return await script(app, pilot)
+
+    return asyncio.run(main())
+
+
+async def settle(app, pilot):
+    await pilot.pause()
+    await app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+def board_text(app, key):
+    return str(app.screen.query_one(f"#board-{key}", Board).render())
+
+
+def test_step_play_to_the_end_and_reset():
+    async def script(app, pilot):
+        screen = app.screen
+        assert screen.ready() and screen.step == 0
+        start = board_text(app, "vmd")
+        await pilot.press("space", "space")
+        assert screen.step == 2 and board_text(app, "vmd") != start  # cells were filled
+        for _ in range(4):
+            await pilot.press("plus")
+        await pilot.press("p")
+        for _ in range(60):
+            await pilot.pause(0.1)
+            if screen.step == screen.settings.nfe:
+                break
+        status = str(screen.query_one("#status-vmd").render())
+        assert screen.step == 10 and "10/10" in status and ("solved" in status or "invalid" in status)
+        await pilot.press("r")
+        assert screen.step == 0 and board_text(app, "vmd") == start
+
+    drive(script)
+
+
+def test_z_draws_a_new_latent_and_reruns_the_vmd():
+    async def script(app, pilot):
+        screen = app.screen
+        await pilot.press("left_square_bracket", "left_square_bracket")  # NFE 10 -> 5 -> 3
+        await settle(app, pilot)
+        assert screen.settings.nfe == 3
+        before = screen.sides["vmd"].trace.frames
+        mdm_before = screen.sides["mdm"].trace.frames
+        changed = False
+        for _ in range(4):  # a new z changes what the VMD fills; allow a few draws
+            await pilot.press("z")
+            await settle(app, pilot)
+            changed = screen.sides["vmd"].trace.frames != before
+            if changed:
+                break
+        assert changed and screen.sides["vmd"].draws >= 1
+        assert screen.sides["mdm"].trace.frames == mdm_before  # the MDM has no z: same run
+        assert "z draw" in str(screen.query_one("#title-vmd").render())
+
+    drive(script, puzzle=None)
+
+
+def test_an_mdm_on_the_right_has_no_latent_to_redraw():
+    from vmd.models import bundled_path
+
+    async def script(app, pilot):
+        await pilot.press("z")
+        await pilot.pause()
+        return [n.message for n in app._notifications]
+
+    messages = drive(script, vmd=bundled_path("sudoku-mdm"))
+    assert any("no latent" in m for m in messages)
+
+
+def test_a_malformed_puzzle_shows_an_error_not_a_crash():
+    async def script(app, pilot):
+        await pilot.press("e")
+        await pilot.pause()
+        await pilot.press(*"12345", "enter")
+        await pilot.pause()
+        error = str(app.screen.query_one("#error").render())
+        assert "5 cells" in error
+        await pilot.press("escape")
+        await pilot.pause()
+        assert type(app.screen).__name__ == "SudokuScreen"
+        line = "53..7....6..195....98....6.8...6...34..8.3..17...2...6.6....28....419..5....8..79"
+        await pilot.press("e")
+        await pilot.pause()
+        for ch in line:
+            await pilot.press(ch if ch != "." else "full_stop")
+        await pilot.press("enter")
+        await settle(app, pilot)
+        screen = app.screen
+        assert screen.puzzle.givens == 30 and screen.ready() and "entered" in screen.puzzle.source
+
+    drive(script)
+
+
+def test_help_screen_lists_the_keys():
+    async def script(app, pilot):
+        await pilot.press("question_mark")
+        await pilot.pause()
+        assert type(app.screen).__name__ == "HelpScreen"
+        await pilot.press("escape")
+        await pilot.pause()
+        assert type(app.screen).__name__ == "SudokuScreen"
+
+    drive(script)
+
+
+def test_first_screen_snapshot(snap_compare):
+    async def run_before(pilot):
+        await settle(pilot.app, pilot)
+
+    assert snap_compare(build_app(), terminal_size=(80, 24), run_before=run_before)

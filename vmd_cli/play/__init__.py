@@ -1,0 +1,61 @@
+"""``vmd play``: the terminal playground (Textual), MDM and VMD side by side."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from vmd_cli.main import app, fail, friendly
+
+DEFAULT_PUZZLE_SEED = 7
+
+
+def _model(path: Optional[Path], bundled: str):
+    from vmd.checkpoint import load_model
+    from vmd.models import bundled_path
+
+    source = path if path is not None else bundled_path(bundled)
+    model, cfg, _ = load_model(source, "cpu")
+    if cfg.task.name != "sudoku":
+        fail(f"{source} is a {cfg.task.name} model; vmd play shows Sudoku models")
+    return model, cfg.sample.z_policy
+
+
+def build_app(mdm: Optional[Path] = None, vmd: Optional[Path] = None, puzzle: Optional[str] = None,
+              nfe: int = 10, strategy: str = "top-margin", seed: int = 0):
+    """The app, ready to run (tests drive it with ``run_test``)."""
+    from vmd.sudoku.grid import Puzzle, read_puzzles
+    from vmd.sudoku.solver import make_puzzle
+    from vmd_cli.play.app import PlayApp
+    from vmd_cli.play.sudoku import Settings, SudokuScreen
+
+    models = _model(mdm, "sudoku-mdm"), _model(vmd, "sudoku-vmd")
+    puzzles = read_puzzles(puzzle) if puzzle else []
+    first = puzzles[0] if puzzles else Puzzle(make_puzzle(random.Random(DEFAULT_PUZZLE_SEED), 30, 36)[0], None,
+                                              "generated easy")
+    settings = Settings(nfe=nfe, strategy=strategy, seed=seed, puzzles=puzzles)
+    return PlayApp(lambda: SudokuScreen(models[0], models[1], settings, first))
+
+
+@app.command(epilog="Examples:\n\n"
+             "  vmd play\n\n"
+             "  vmd play --puzzle puzzles.txt --nfe 5\n\n"
+             "  vmd play --mdm runs/sudoku-mdm-tiny --vmd runs/sudoku-vmd-tiny\n\n"
+             "Keys: space step, p play/pause, z new latent, ? help, q quit.")
+@friendly
+def play(
+    mdm: Optional[Path] = typer.Option(None, help="MDM run directory \\[default: the bundled MDM]."),
+    vmd: Optional[Path] = typer.Option(None, help="VMD run directory \\[default: the bundled VMD]."),
+    puzzle: Optional[str] = typer.Option(None, help="Start from the puzzles of this file (f steps through them)."),
+    nfe: int = typer.Option(10, help="Denoiser calls (steps)."),
+    strategy: str = typer.Option("top-margin", help="random, top-prob or top-margin."),
+    seed: int = typer.Option(0, help="Sampling seed (the latent draws of the VMD)."),
+):
+    """Watch an MDM and a VMD fill the same Sudoku step by step, side by side."""
+    from vmd import config as C
+
+    C.from_dict({"sample": {"nfe": nfe, "strategy": strategy}})
+    build_app(mdm, vmd, puzzle, nfe, strategy, seed).run()

@@ -1,0 +1,99 @@
+"""``vmd play``: a Textual app with one screen per task (Sudoku now; text later) and shared
+modal screens (help, puzzle entry)."""
+
+from __future__ import annotations
+
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Input, Label, Markdown
+
+from vmd.errors import DataError
+from vmd.sudoku.grid import Puzzle, parse
+
+HELP = """\
+# vmd play
+
+Two models fill the same puzzle with the same NFE, strategy and seed: **MDM left, VMD right**.
+Each cell's colour is the step that filled it; the cells of the current step are reversed;
+givens are bold; a red cell breaks a row, column or box rule.
+
+| key | action |
+|---|---|
+| space | one step |
+| p | play / pause |
+| r | back to step 0 |
+| + / - | faster / slower |
+| ] / [ | more / fewer steps (NFE 1, 2, 3, 5, 10, 20, 50) |
+| s | next strategy (random, top-prob, top-margin) |
+| z | draw a new latent z for the VMD and run again from the start |
+| g / h | new generated puzzle, easy (30-36 givens) / hard (22-26) |
+| f | next puzzle from the --puzzle file |
+| e | enter or paste a puzzle (81 characters, . or 0 for blanks) |
+| ? | this help |
+| q | quit |
+
+Press escape to close.
+"""
+
+
+class HelpScreen(ModalScreen):
+    BINDINGS = [Binding("escape,question_mark,q", "app.pop_screen", "close")]
+    DEFAULT_CSS = """
+    HelpScreen { align: center middle; }
+    HelpScreen > Markdown { width: 80%; max-width: 90; height: auto; max-height: 90%; border: round $primary;
+                            background: $surface; }
+    """
+
+    def compose(self) -> ComposeResult:
+        yield Markdown(HELP)
+
+
+class PuzzleInput(ModalScreen[Puzzle | None]):
+    """One line in; a parsed puzzle out, or an error shown under the field (never a crash)."""
+
+    BINDINGS = [Binding("escape", "cancel", "cancel")]
+    DEFAULT_CSS = """
+    PuzzleInput { align: center middle; }
+    PuzzleInput > Vertical { width: 90; max-width: 95%; height: auto; border: round $primary; background: $surface;
+                             padding: 0 1; }
+    #error { color: $error; height: auto; }
+    """
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label("Puzzle: 81 characters, digits and . or 0 for blanks (enter to solve, escape to cancel)")
+            yield Input(placeholder="53..7....6..195....98....6.8...6...34..8.3..17...2...6.6....28....419..5....8..79",
+                        id="puzzle")
+            yield Label("", id="error")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        try:
+            puzzles = parse(event.value, "entered")
+        except DataError as e:
+            self.query_one("#error", Label).update(str(e))
+            return
+        if len(puzzles) != 1:
+            self.query_one("#error", Label).update("enter exactly one puzzle")
+            return
+        self.dismiss(puzzles[0])
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class PlayApp(App):
+    """Hosts one task screen; a text screen will sit beside the Sudoku one."""
+
+    TITLE = "vmd play"
+
+    def __init__(self, screen_factory):
+        super().__init__()
+        self.screen_factory = screen_factory
+
+    def on_mount(self) -> None:
+        self.push_screen(self.screen_factory())
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())

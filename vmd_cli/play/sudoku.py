@@ -1,0 +1,228 @@
+"""The Sudoku screen of ``vmd play``: MDM left, VMD right, the same puzzle, NFE, strategy and seed."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, Label, Static
+
+from vmd.sampling import STRATEGIES
+from vmd.sudoku.grid import Puzzle, is_solved
+from vmd.sudoku.solve import Trace, trace
+from vmd.sudoku.solver import make_puzzle
+from vmd_cli.play.board import Board, status_line
+
+NFES = (1, 2, 3, 5, 10, 20, 50)
+SPEEDS = (2.0, 1.0, 0.5, 0.25, 0.1)  # seconds per step
+LEVELS = {"easy": (30, 36), "hard": (22, 26)}
+
+
+@dataclass
+class Side:
+    """One board's model and its current run."""
+
+    name: str
+    model: object
+    z_policy: str
+    trace: Trace | None = None
+    draws: int = 0  # how many times z was drawn anew (the VMD side's seed offset)
+    solved: bool = False
+
+
+@dataclass
+class Settings:
+    nfe: int = 10
+    strategy: str = "top-margin"
+    seed: int = 0
+    speed: int = 2  # index into SPEEDS
+    puzzles: list[Puzzle] = field(default_factory=list)  # from --puzzle FILE
+    next_in_file: int = 0
+
+
+class SudokuScreen(Screen):
+    BINDINGS = [
+        Binding("space", "step", "step"),
+        Binding("p", "play", "play/pause"),
+        Binding("r", "reset", "reset"),
+        Binding("z", "new_z", "new z"),
+        Binding("right_square_bracket", "nfe(1)", "NFE+"),
+        Binding("left_square_bracket", "nfe(-1)", "NFE-", show=False),
+        Binding("s", "strategy", "strategy"),
+        Binding("plus,equals_sign", "speed(1)", "faster", show=False),
+        Binding("minus", "speed(-1)", "slower", show=False),
+        Binding("g", "generate('easy')", "new easy", show=False),
+        Binding("h", "generate('hard')", "new hard", show=False),
+        Binding("f", "next_from_file", "next in file", show=False),
+        Binding("e", "enter", "enter puzzle"),
+        Binding("question_mark", "app.help", "help"),
+        Binding("q", "app.quit", "quit"),
+    ]
+    DEFAULT_CSS = """
+    SudokuScreen { align: center top; }
+    #boards { height: auto; width: auto; }
+    .side { width: auto; height: auto; margin: 0 1; }
+    .side > .status { width: auto; }
+    .title { width: 100%; text-style: bold; content-align: center middle; }
+    .status { width: 100%; }
+    #info { width: 100%; height: auto; padding: 0 1; color: $text-muted; }
+    """
+
+    def __init__(self, mdm, vmd, settings: Settings, puzzle: Puzzle):
+        super().__init__()
+        self.sides = {"mdm": Side("MDM", mdm[0], mdm[1]), "vmd": Side("VMD", vmd[0], vmd[1])}
+        self.settings = settings
+        self.puzzle = puzzle
+        self.step = 0
+        self.playing = False
+        self.timer = None
+        self.rng = random.Random(settings.seed)
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="boards"):
+            for key, side in self.sides.items():
+                with Vertical(classes="side"):
+                    yield Label(side.name, classes="title", id=f"title-{key}")
+                    yield Board(id=f"board-{key}")
+                    yield Static("", classes="status", id=f"status-{key}")
+        yield Static("", id="info")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.recompute()
+
+    # --- sampling, off the UI thread ------------------------------------------------------
+    def recompute(self, which=("mdm", "vmd")) -> None:
+        self.step = 0
+        for key in which:
+            self.sides[key].trace = None
+        self.refresh_view()
+        self.run_models(tuple(which), self.puzzle.grid, self.settings.nfe, self.settings.strategy)
+
+    @work(thread=True, exclusive=True, group="sample")
+    def run_models(self, which, grid, nfe, strategy) -> None:
+        out = {}
+        for key in which:
+            side = self.sides[key]
+            seed = self.settings.seed + 1000 * side.draws
+            out[key] = trace(side.model, grid, nfe=nfe, strategy=strategy, seed=seed, z_policy=side.z_policy)
+        self.app.call_from_thread(self.show_traces, out, grid, nfe, strategy)
+
+    def show_traces(self, traces, grid, nfe, strategy) -> None:
+        if (grid, nfe, strategy) != (self.puzzle.grid, self.settings.nfe, self.settings.strategy):
+            return  # settings moved on while this ran; a newer run is coming
+        for key, tr in traces.items():
+            self.sides[key].trace = tr
+            self.sides[key].solved = is_solved(tr.frames[-1], grid)
+        self.refresh_view()
+
+    # --- drawing --------------------------------------------------------------------------
+    def on_resize(self) -> None:
+        self.refresh_view()
+
+    def refresh_view(self) -> None:
+        roomy = self.app.size.width >= 100 and self.app.size.height >= 30
+        for key, side in self.sides.items():
+            self.query_one(f"#board-{key}", Board).show(side.trace, self.step, roomy)
+            self.query_one(f"#status-{key}", Static).update(status_line(side.trace, self.step, side.solved))
+            title = side.name if key == "mdm" else f"{side.name} · z draw {side.draws + 1}"
+            self.query_one(f"#title-{key}", Label).update(title)
+        s = self.settings
+        state = "playing" if self.playing else "paused"
+        self.query_one("#info", Static).update(
+            f"{self.puzzle.source} ({self.puzzle.givens} givens) · NFE {s.nfe} · {s.strategy} · seed {s.seed} · "
+            f"{SPEEDS[s.speed]:g}s/step · {state}")
+
+    def ready(self) -> bool:
+        return all(side.trace is not None for side in self.sides.values())
+
+    # --- actions ----------------------------------------------------------------------------
+    def action_step(self) -> None:
+        if self.ready() and self.step < self.settings.nfe:
+            self.step += 1
+            self.refresh_view()
+
+    def action_play(self) -> None:
+        self.playing = not self.playing
+        if self.playing and self.step >= self.settings.nfe:
+            self.step = 0
+        self._restart_timer()
+        self.refresh_view()
+
+    def _restart_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.stop()
+            self.timer = None
+        if self.playing:
+            self.timer = self.set_interval(SPEEDS[self.settings.speed], self._tick)
+
+    def _tick(self) -> None:
+        if not self.ready():
+            return
+        self.step = min(self.step + 1, self.settings.nfe)
+        if self.step == self.settings.nfe:  # the end: stop here
+            self.playing = False
+            self._restart_timer()
+        self.refresh_view()
+
+    def action_reset(self) -> None:
+        self.step = 0
+        self.playing = False
+        self._restart_timer()
+        self.refresh_view()
+
+    def action_speed(self, delta: int) -> None:
+        self.settings.speed = max(0, min(len(SPEEDS) - 1, self.settings.speed + delta))
+        self._restart_timer()
+        self.refresh_view()
+
+    def action_nfe(self, delta: int) -> None:
+        i = NFES.index(self.settings.nfe) if self.settings.nfe in NFES else 4
+        self.settings.nfe = NFES[max(0, min(len(NFES) - 1, i + delta))]
+        self.recompute()
+
+    def action_strategy(self) -> None:
+        self.settings.strategy = STRATEGIES[(STRATEGIES.index(self.settings.strategy) + 1) % len(STRATEGIES)]
+        self.recompute()
+
+    def action_new_z(self) -> None:
+        vmd = self.sides["vmd"]
+        if not vmd.model.has_latent:
+            self.notify("The right-hand model is an MDM: it has no latent z to redraw.", severity="warning")
+            return
+        vmd.draws += 1
+        self.recompute()  # both from the start, so that they stay side by side (the MDM's run is the same)
+
+    def set_puzzle(self, puzzle: Puzzle) -> None:
+        self.puzzle = puzzle
+        self.recompute()
+
+    def action_generate(self, level: str) -> None:
+        self.generate_puzzle(level, self.rng.randrange(2**31))
+
+    @work(thread=True, exclusive=True, group="puzzle")
+    def generate_puzzle(self, level: str, seed: int) -> None:
+        grid, _ = make_puzzle(random.Random(seed), *LEVELS[level])
+        self.app.call_from_thread(self.set_puzzle, Puzzle(grid, None, f"generated {level}"))
+
+    def action_next_from_file(self) -> None:
+        s = self.settings
+        if not s.puzzles:
+            self.notify("No puzzle file: start with --puzzle FILE, or press e to enter a puzzle.")
+            return
+        s.next_in_file = (s.next_in_file + 1) % len(s.puzzles)
+        self.set_puzzle(s.puzzles[s.next_in_file])
+
+    def action_enter(self) -> None:
+        from vmd_cli.play.app import PuzzleInput
+
+        def done(puzzle: Puzzle | None) -> None:
+            if puzzle is not None:
+                self.set_puzzle(puzzle)
+
+        self.app.push_screen(PuzzleInput(), done)
