@@ -94,6 +94,9 @@ def test_vmd_solve_cli_formats_and_exit_codes(trained, easy_file, tmp_path):
     assert len([ln for ln in r.stdout.splitlines() if ln.strip()]) == 12
     r = runner.invoke(app, ["solve", str(easy_file), "--model", str(trained)])
     assert "givens" in r.stdout and "|" in r.stdout
+    first = easy_file.read_text().splitlines()[0]
+    r = runner.invoke(app, ["solve", "-", "--model", str(trained), "--format", "line"], input=first + "\n")
+    assert r.exit_code in (0, 1) and len(r.stdout.split()[0]) == 81  # stdin
     bad = tmp_path / "bad.txt"
     bad.write_text(to_line([0] * 81) + "\n" + "12" * 40 + "\n")
     r = runner.invoke(app, ["solve", str(bad), "--model", str(trained)])

@@ -5,49 +5,43 @@ from __future__ import annotations
 
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from rich.table import Table
+from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Input, Label, Markdown
+from textual.widgets import Input, Label, Static
 
 from vmd.errors import DataError
 from vmd.sudoku.grid import Puzzle, parse
 
-HELP = """\
-# vmd play
-
-Two models fill the same puzzle with the same NFE, strategy and seed: **MDM left, VMD right**.
-Each cell's colour is the step that filled it; the cells of the current step are reversed;
-givens are bold; a red cell breaks a row, column or box rule.
-
-| key | action |
-|---|---|
-| space | one step |
-| p | play / pause |
-| r | back to step 0 |
-| + / - | faster / slower |
-| ] / [ | more / fewer steps (NFE 1, 2, 3, 5, 10, 20, 50) |
-| s | next strategy (random, top-prob, top-margin) |
-| z | draw a new latent z for the VMD and run again from the start |
-| g / h | new generated puzzle, easy (30-36 givens) / hard (22-26) |
-| f | next puzzle from the --puzzle file |
-| e | enter or paste a puzzle (81 characters, . or 0 for blanks) |
-| ? | this help |
-| q | quit |
-
-Press escape to close.
-"""
+INTRO = ("MDM left, VMD right: the same puzzle, NFE, strategy and seed. A cell's colour is the step "
+         "that filled it; this step's cells are reversed; givens are bold; red breaks a rule.")
+KEYS = (
+    ("space", "one step"), ("p", "play / pause"), ("r", "back to step 0"), ("+ / -", "faster / slower"),
+    ("] / [", "more / fewer steps (NFE 1, 2, 3, 5, 10, 20, 50)"), ("s", "next strategy"),
+    ("z", "new latent z for the VMD, run again from the start"), ("g / h", "new puzzle, easy / hard"),
+    ("f", "next puzzle from the --puzzle file"), ("e", "enter or paste a puzzle"), ("?", "this help"),
+    ("q", "quit"),
+)
 
 
 class HelpScreen(ModalScreen):
     BINDINGS = [Binding("escape,question_mark,q", "app.pop_screen", "close")]
     DEFAULT_CSS = """
     HelpScreen { align: center middle; }
-    HelpScreen > Markdown { width: 80%; max-width: 90; height: auto; max-height: 90%; border: round $primary;
-                            background: $surface; }
+    HelpScreen > VerticalScroll { width: 76; max-width: 100%; height: auto; max-height: 100%;
+                                  border: round $primary; background: $surface; padding: 0 1; }
     """
 
     def compose(self) -> ComposeResult:
-        yield Markdown(HELP)
+        table = Table.grid(padding=(0, 2))
+        table.add_column(style="bold cyan", no_wrap=True)
+        table.add_column()
+        for key, what in KEYS:
+            table.add_row(key, what)
+        with VerticalScroll():
+            yield Static(INTRO + "\n")
+            yield Static(table)
+            yield Static("\n[dim]escape closes[/]")
 
 
 class PuzzleInput(ModalScreen[Puzzle | None]):
