@@ -125,3 +125,10 @@ def test_solving_with_the_bundled_model():
     model, cfg, _ = load_model(bundled_path("sudoku-vmd"))
     result = solve(model, torch.tensor([p for p, _ in pairs]), nfe=10, z_policy=cfg.sample.z_policy)
     assert result.solved.double().mean() >= 0.75
+
+
+def test_vmd_sample_draws_whole_grids(trained):
+    r = runner.invoke(app, ["sample", str(trained), "-n", "3", "--nfe", "4"])
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.split()
+    assert len(lines) == 3 and all(len(x) == 81 and set(x) <= set("123456789") for x in lines)

@@ -215,7 +215,7 @@ def sample(
         print(json.dumps(x.tolist()))
         return
     for line in task.format(x):
-        out.print(line, highlight=False)
+        out.print(line, highlight=False, soft_wrap=True)
 
 
 import vmd_cli.play  # noqa: E402,F401  (registers vmd play)

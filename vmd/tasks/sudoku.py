@@ -80,7 +80,8 @@ class SudokuTask:
         return x0, given
 
     def start(self, n: int):
-        raise NotImplementedError("Sudoku samples start from puzzles: use vmd.sudoku.solve")
+        """Empty boards: ``vmd sample`` draws complete grids (puzzles go through vmd.sudoku.solve)."""
+        return torch.full((n, 81), 9, dtype=torch.long), None
 
     def format(self, x: torch.Tensor) -> list[str]:
         return [to_line(row) for row in to_digits(x).tolist()]
