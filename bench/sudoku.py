@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import random
 import sys
 import time
 from datetime import date
@@ -28,6 +29,7 @@ from vmd.models import bundled_path
 from vmd.sudoku.data import generated_set
 from vmd.sudoku.evaluate import DEFAULT_NFES, DEFAULT_STRATEGIES, accuracy_table
 from vmd.sudoku.solve import solve
+from vmd.sudoku.solver import make_puzzle
 from vmd.tasks.sudoku import to_tokens
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,6 +45,15 @@ def matmul_flops(n: int = 1024, reps: int = 20) -> float:
     for _ in range(reps):
         a @ b
     return 2 * n**3 * reps / (time.perf_counter() - t0)
+
+
+def generation_rate(lo: int, hi: int, n: int) -> float:
+    """Puzzles per second of the generator in one process (no cache)."""
+    rng = random.Random(0)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        make_puzzle(rng, lo, hi)
+    return n / (time.perf_counter() - t0)
 
 
 def forward_flops(model, batch: int = 64) -> float:
@@ -106,10 +117,11 @@ def main() -> None:
             rate = speed(model, easy, cfg)
             flops = forward_flops(model) * 10 * rate
             perf[name] = (rate, flops)
-    write(args, sources, models, nfes, results, perf, mm)
+    gen = {name: generation_rate(*SETS[name], n) for name, n in (("easy", 200), ("hard", 40))}
+    write(args, sources, models, nfes, results, perf, mm, gen)
 
 
-def write(args, sources, models, nfes, results, perf, mm) -> None:
+def write(args, sources, models, nfes, results, perf, mm, gen) -> None:
     cmd = "python bench/sudoku.py " + " ".join(sys.argv[1:])
     lines = ["# Sudoku: MDM against VMD", "",
              f"Made by `{cmd.strip()}` on {date.today()}, {platform.machine()} CPU, {torch.get_num_threads()} threads, "
@@ -140,6 +152,10 @@ def write(args, sources, models, nfes, results, perf, mm) -> None:
             lines.append(f"| {name} | {rate:.1f} | {flops / 1e9:.1f} | {100 * flops / mm:.0f}% |")
         lines += ["", f"Plain fp32 matmul in the same run: {mm / 1e9:.1f} GFLOP/s. Model FLOPs counted by "
                   "`torch.utils.flop_counter` for one denoiser call, times 10 calls per puzzle."]
+    lines += ["", "## Puzzle generator", "", "One process, no cache: " + ", ".join(
+        f"{name} ({SETS[name][0]}-{SETS[name][1]} givens) {rate:.1f} puzzles/s" for name, rate in gen.items())
+        + f"; 10,000 easy puzzles take about {10000 / gen['easy'] / 60:.1f} min in one process "
+        "(`generated_set` spreads chunks over the CPU cores)."]
     Path(args.out).write_text("\n".join(lines) + "\n")
     (Path(args.out).with_suffix(".json")).write_text(json.dumps(
         {"|".join(k): v for k, v in results.items()}, indent=1))
