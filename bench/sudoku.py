@@ -35,6 +35,7 @@ from vmd.tasks.sudoku import to_tokens
 ROOT = Path(__file__).resolve().parent.parent
 SETS = {"easy": (30, 36), "hard": (22, 26), "very hard": (17, 21)}
 TEST_SEED = 12345  # not the training pool's seed
+HAND = "## Reading (written by hand"
 
 
 def matmul_flops(n: int = 1024, reps: int = 20) -> float:
@@ -156,7 +157,11 @@ def write(args, sources, models, nfes, results, perf, mm, gen) -> None:
         f"{name} ({SETS[name][0]}-{SETS[name][1]} givens) {rate:.1f} puzzles/s" for name, rate in gen.items())
         + f"; 10,000 easy puzzles take about {10000 / gen['easy'] / 60:.1f} min in one process "
         "(`generated_set` spreads chunks over the CPU cores)."]
-    Path(args.out).write_text("\n".join(lines) + "\n")
+    out = Path(args.out)
+    kept = ""  # a hand-written reading of the numbers survives a re-run (check that it still holds)
+    if out.exists() and HAND in out.read_text():
+        kept = "\n" + out.read_text()[out.read_text().index(HAND):]
+    out.write_text("\n".join(lines) + "\n" + kept)
     (Path(args.out).with_suffix(".json")).write_text(json.dumps(
         {"|".join(k): v for k, v in results.items()}, indent=1))
     print(f"wrote {args.out}")
