@@ -42,12 +42,13 @@ def draw(puzzle, grid, bad: set[int]) -> Text:
     return text
 
 
-def load_sudoku_model(model: Optional[Path], device: Optional[str]):
+def load_sudoku_model(model: Optional[Path], device: Optional[str], bundled: str = "sudoku-vmd"):
+    """A Sudoku run (or the bundled model): (model on its device, config, step, device)."""
     from vmd.checkpoint import load_model
     from vmd.models import bundled_path
     from vmd.train import resolve_device
 
-    source = model if model is not None else bundled_path("sudoku-vmd")
+    source = model if model is not None else bundled_path(bundled)
     net, cfg, step = load_model(source, "cpu")
     if cfg.task.name != "sudoku":
         fail(f"{source} is a {cfg.task.name} model, not a Sudoku model")

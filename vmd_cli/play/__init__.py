@@ -8,19 +8,15 @@ from typing import Optional
 
 import typer
 
-from vmd_cli.main import app, fail, friendly
+from vmd_cli.main import app, friendly
 
 DEFAULT_PUZZLE_SEED = 7
 
 
 def _model(path: Optional[Path], bundled: str):
-    from vmd.checkpoint import load_model
-    from vmd.models import bundled_path
+    from vmd_cli.sudoku import load_sudoku_model
 
-    source = path if path is not None else bundled_path(bundled)
-    model, cfg, _ = load_model(source, "cpu")
-    if cfg.task.name != "sudoku":
-        fail(f"{source} is a {cfg.task.name} model; vmd play shows Sudoku models")
+    model, cfg, _, _ = load_sudoku_model(path, "cpu", bundled)
     return model, cfg.sample.z_policy
 
 
