@@ -50,18 +50,18 @@ def _generate(n: int, min_givens: int, max_givens: int, seed: int, workers: int,
               progress: Callable[[int], None] | None) -> tuple[torch.Tensor, torch.Tensor]:
     jobs = [(seed, i, min(CHUNK, n - i * CHUNK), min_givens, max_givens) for i in range((n + CHUNK - 1) // CHUNK)]
     pairs = []
-    if workers <= 1 or len(jobs) == 1:
-        results = map(_chunk, jobs)
-        for part in results:
-            pairs += part
+
+    def collect(parts) -> None:
+        for part in parts:
+            pairs.extend(part)
             if progress:
                 progress(len(part))
+
+    if workers <= 1 or len(jobs) == 1:
+        collect(map(_chunk, jobs))
     else:
         with ProcessPoolExecutor(workers) as pool:
-            for part in pool.map(_chunk, jobs):
-                pairs += part
-                if progress:
-                    progress(len(part))
+            collect(pool.map(_chunk, jobs))
     puzzles = torch.tensor([p for p, _ in pairs], dtype=torch.uint8)
     solutions = torch.tensor([s for _, s in pairs], dtype=torch.uint8)
     return puzzles, solutions
@@ -90,7 +90,10 @@ def generated_set(n: int, min_givens: int, max_givens: int, seed: int = 0, worke
     if path.exists():
         return _load_cached(path, n)
     workers = workers or min(os.cpu_count() or 1, 8)
-    puzzles, solutions = _generate(n, min_givens, max_givens, seed, workers, progress)
+    try:
+        puzzles, solutions = _generate(n, min_givens, max_givens, seed, workers, progress)
+    except ValueError as e:  # the generator could not reach the range
+        raise DataError(str(e)) from None
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, save({"puzzles": puzzles, "solutions": solutions}))
     return puzzles, solutions
