@@ -81,6 +81,7 @@ class PlayApp(App):
     """Hosts one task screen; a text screen will sit beside the Sudoku one."""
 
     TITLE = "vmd play"
+    ENABLE_COMMAND_PALETTE = False  # the footer needs the room; every action has its own key
 
     def __init__(self, screen_factory):
         super().__init__()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -21,6 +22,13 @@ from vmd_cli.play.board import Board, status_line
 NFES = (1, 2, 3, 5, 10, 20, 50)
 SPEEDS = (2.0, 1.0, 0.5, 0.25, 0.1)  # seconds per step
 LEVELS = {"easy": (30, 36), "hard": (22, 26)}
+KEYS_SHORT = (("space", "step"), ("p", "play"), ("r", "reset"), ("z", "new z"), ("] [", "NFE"), ("s", "strategy"),
+              ("+ -", "speed"), ("g h", "easy/hard"), ("f", "file"), ("e", "enter"), ("?", "help"), ("q", "quit"))
+
+
+def key_hint() -> Text:
+    """Every key on one or two lines, so that all show even when the footer is too narrow."""
+    return Text("  ").join(Text.assemble((key, "bold cyan"), " ", what) for key, what in KEYS_SHORT)
 
 
 @dataclass
@@ -46,21 +54,21 @@ class Settings:
 
 
 class SudokuScreen(Screen):
-    BINDINGS = [
+    BINDINGS = [  # all in the footer (it scrolls sideways when narrow) and on the help screen
         Binding("space", "step", "step"),
-        Binding("p", "play", "play/pause"),
+        Binding("p", "play", "play"),
         Binding("r", "reset", "reset"),
         Binding("z", "new_z", "new z"),
         Binding("right_square_bracket", "nfe(1)", "NFE+"),
-        Binding("left_square_bracket", "nfe(-1)", "NFE-", show=False),
+        Binding("left_square_bracket", "nfe(-1)", "NFE-"),
         Binding("s", "strategy", "strategy"),
-        Binding("plus,equals_sign", "speed(1)", "faster", show=False),
-        Binding("minus", "speed(-1)", "slower", show=False),
-        Binding("g", "generate('easy')", "new easy", show=False),
-        Binding("h", "generate('hard')", "new hard", show=False),
-        Binding("f", "next_from_file", "next in file", show=False),
-        Binding("e", "enter", "enter puzzle"),
-        Binding("question_mark", "app.help", "help"),
+        Binding("plus,equals_sign", "speed(1)", "faster", key_display="+"),
+        Binding("minus", "speed(-1)", "slower", key_display="-"),
+        Binding("g", "generate('easy')", "easy"),
+        Binding("h", "generate('hard')", "hard"),
+        Binding("f", "next_from_file", "file"),
+        Binding("e", "enter", "enter"),
+        Binding("question_mark", "app.help", "help", key_display="?"),
         Binding("q", "app.quit", "quit"),
     ]
     DEFAULT_CSS = """
@@ -71,6 +79,7 @@ class SudokuScreen(Screen):
     .title { width: 100%; text-style: bold; content-align: center middle; }
     .status { width: 100%; }
     #info { width: 100%; height: auto; padding: 0 1; color: $text-muted; }
+    #keys { width: 100%; height: auto; padding: 1 1 0 1; }
     """
 
     def __init__(self, mdm, vmd, settings: Settings, puzzle: Puzzle):
@@ -91,7 +100,8 @@ class SudokuScreen(Screen):
                     yield Board(id=f"board-{key}")
                     yield Static("", classes="status", id=f"status-{key}")
         yield Static("", id="info")
-        yield Footer()
+        yield Static(key_hint(), id="keys")
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.recompute()
