@@ -56,14 +56,18 @@ def unmask_counts(masked_now, masked_at_start, s: float, schedule: Schedule):
     return (masked_now - keep.long()).clamp(min=0)
 
 
+def gumbel_noise(like: torch.Tensor, generator=None) -> torch.Tensor:
+    """Standard Gumbel noise of ``like``'s shape, dtype and device (Gumbel-max sampling)."""
+    u = torch.rand(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+    return -torch.log(-torch.log(u.clamp_min(torch.finfo(like.dtype).tiny)))
+
+
 def choose_values(logits, temperature: float, generator=None):
     """argmax at temperature 0; otherwise a categorical draw by Gumbel-max in float64."""
     logits = logits.double()
     if temperature == 0:
         return logits.argmax(-1)
-    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)
-    gumbel = -torch.log(-torch.log(u.clamp_min(1e-300)))
-    return (logits / temperature + gumbel).argmax(-1)
+    return (logits / temperature + gumbel_noise(logits, generator)).argmax(-1)
 
 
 def scores(logits, strategy: str, generator=None):

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vmd.model.transformer import Trunk
+from vmd.sampling import gumbel_noise
 
 LOGVAR_MIN, LOGVAR_MAX = -12.0, 4.0
 _LOG_2PI = math.log(2 * math.pi)
@@ -71,21 +72,17 @@ class Categorical:
     def _one_hot(self, scores):
         return F.one_hot(scores.argmax(-1), self.logits.shape[-1]).to(self.logits.dtype)
 
-    def sample(self, generator=None):
-        return self._one_hot(self.logits + _gumbel(self.logits, generator)).flatten(1)
+    def sample(self, generator=None):  # Gumbel-max in float64, like the token draws
+        logits = self.logits.double()
+        return self._one_hot(logits + gumbel_noise(logits, generator)).flatten(1)
 
     def rsample(self, generator=None):
-        soft = torch.softmax(self.logits + _gumbel(self.logits, generator), -1)
+        soft = torch.softmax(self.logits + gumbel_noise(self.logits, generator), -1)
         return (self._one_hot(soft) - soft.detach() + soft).flatten(1)
 
     def kl(self, q: "Categorical"):
         log_q = torch.log_softmax(q.logits, -1)
         return (log_q.exp() * (log_q - torch.log_softmax(self.logits, -1))).sum(-1)
-
-
-def _gumbel(like, generator=None):
-    u = torch.rand(like.shape, generator=generator, device=like.device, dtype=like.dtype)
-    return -torch.log(-torch.log(u.clamp(1e-20, 1.0 - 1e-7)))
 
 
 class StandardNormal:
