@@ -192,7 +192,7 @@ class SudokuScreen(Screen):
         self.refresh_view()
 
     def action_nfe(self, delta: int) -> None:
-        i = NFES.index(self.settings.nfe) if self.settings.nfe in NFES else 4
+        i = max(j for j, v in enumerate(NFES) if v <= self.settings.nfe)  # --nfe 7 steps from 5
         self.settings.nfe = NFES[max(0, min(len(NFES) - 1, i + delta))]
         self.recompute()
 
@@ -206,7 +206,7 @@ class SudokuScreen(Screen):
             self.notify("The right-hand model is an MDM: it has no latent z to redraw.", severity="warning")
             return
         vmd.draws += 1
-        self.recompute()  # both from the start, so that they stay side by side (the MDM's run is the same)
+        self.recompute(("vmd",))  # both boards restart at step 0; the MDM's run does not change, so it is kept
 
     def set_puzzle(self, puzzle: Puzzle) -> None:
         self.puzzle = puzzle
