@@ -26,9 +26,9 @@ LIMIT_MB = 25
 
 def preset_of(run_dir: Path, cfg: C.Config) -> str:
     name = run_dir.name
-    if name in C.list_presets() and C.load(name) == cfg:
-        return f"`{name}` as bundled"
-    return "its own config (see the file's header)" if name not in C.list_presets() else f"`{name}` with changes"
+    if name not in C.list_presets():
+        return "its own config (see the file's header)"
+    return f"`{name}` as bundled" if C.load(name) == cfg else f"`{name}` with changes"
 
 
 def main() -> None:

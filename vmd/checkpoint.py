@@ -119,11 +119,9 @@ def load_model(run_dir: Path, device="cpu"):
     from vmd.tasks import make_task
 
     path = Path(run_dir)
-    if path.suffix == ".safetensors" and path.is_file():
-        header, tensors = _read(path)
-    else:
+    if not (path.suffix == ".safetensors" and path.is_file()):
         path = _check_dir(path) / MODEL_FILE
-        header, tensors = _read(path)
+    header, tensors = _read(path)
     cfg = C.load_yaml_text(header["config"])
     task = make_task(cfg.task)
     model = build_model(cfg, task.vocab, task.length, task.layout)

@@ -89,7 +89,7 @@ class Trainer:
                                      betas=(0.9, 0.99), foreach=True)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.device.precision == "fp16")
         self.ema = {k: v.detach().clone().float() for k, v in self.model.state_dict().items()} if cfg.train.ema > 0 else None
-        if self.ema is not None:  # the pairs one fused lerp updates (the model has no buffers)
+        if self.ema is not None:  # the pairs one fused lerp updates (the model has no persistent buffers)
             named = dict(self.model.named_parameters())
             self._ema_pairs = ([self.ema[k] for k in named], [p.detach() for p in named.values()])
         self.data_gen = torch.Generator().manual_seed(cfg.train.seed)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,9 +110,8 @@ def _checked(grid, solution, where: str) -> Puzzle:
     clash = first_conflict(grid)
     if clash:
         raise DataError(f"{where}: givens conflict ({clash})")
-    if solution is not None:
-        if not is_solved(solution, grid):
-            raise DataError(f"{where}: the solution given does not solve the puzzle")
+    if solution is not None and not is_solved(solution, grid):
+        raise DataError(f"{where}: the solution given does not solve the puzzle")
     return Puzzle(grid, solution, where)
 
 
@@ -187,8 +187,6 @@ def parse(text: str, name: str = "<input>") -> list[Puzzle]:
 
 def read_puzzles(path: str | Path) -> list[Puzzle]:
     """Read a puzzle file (``-`` is stdin); at least one puzzle, or a DataError."""
-    import sys
-
     if str(path) == "-":
         text, name = sys.stdin.read(), "<stdin>"
     else:

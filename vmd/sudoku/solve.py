@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from vmd.sampling import generate
+from vmd.sampling import Step, generate
 from vmd.schedule import make_schedule
 from vmd.sudoku.grid import UNITS
 from vmd.tasks.sudoku import to_digits, to_tokens
@@ -89,8 +89,6 @@ def trace(model, puzzle, *, nfe: int, strategy: str = "top-margin", seed: int = 
           schedule: str = "linear", device="cpu") -> Trace:
     """Solve one puzzle (81 digits, 0 blank) and keep every intermediate grid. The seed fixes
     the latent draws of a VMD: a new seed is a new z."""
-    from vmd.sampling import Step
-
     gen = torch.Generator(device=device).manual_seed(seed)
     p = torch.tensor([list(puzzle)])
     frames = [list(puzzle)]
