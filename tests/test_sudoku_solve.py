@@ -103,6 +103,8 @@ def test_vmd_solve_cli_formats_and_exit_codes(trained, easy_file, tmp_path):
     assert r.exit_code == 2 and "bad.txt:2: 80 cells" in r.stderr
     r = runner.invoke(app, ["solve", str(easy_file), "--model", str(tmp_path / "nothing")])
     assert r.exit_code == 2 and "does not exist" in r.stderr
+    r = runner.invoke(app, ["solve", str(easy_file), "--model", str(easy_file)])
+    assert r.exit_code == 2 and "is a file, not a run directory" in r.stderr
     r = runner.invoke(app, ["solve", str(easy_file), "--model", str(trained), "--format", "svg"])
     assert r.exit_code == 2 and "grid, line, json" in r.stderr
 

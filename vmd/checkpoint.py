@@ -92,6 +92,9 @@ def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
 
 def _check_dir(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
+    if run_dir.is_file():
+        raise CheckpointError(f"{run_dir} is a file, not a run directory (give a directory written by vmd train, "
+                              "or a model .safetensors file)")
     if not run_dir.is_dir():
         raise CheckpointError(f"run directory {run_dir} does not exist")
     return run_dir
