@@ -47,3 +47,12 @@ def test_given_positions_are_never_scored():
     given = torch.ones_like(x0, dtype=torch.bool)
     out = diffusion_loss(model, x0, LinearSchedule(), cfg.diffusion, cfg.latent, given=given)
     assert float(out.recon) == 0.0
+
+
+def test_flat_weighting_counts_each_masked_token_once_and_reports_the_same_bound():
+    # linear schedule: w(t) = 1/t and E[#masked] = t * L, so the ELBO weighting scores about
+    # L * nll per sequence and the flat one E[t] * L * nll, half as much
+    _, elbo = loss_for(tiny("mdm", kind="d1"))
+    _, flat = loss_for(tiny("mdm", kind="d1", diffusion={"weighting": "flat"}))
+    assert float(flat.loss.detach()) / float(elbo.loss.detach()) == pytest.approx(0.5, abs=0.06)
+    assert float(flat.nelbo) == pytest.approx(float(elbo.nelbo))

@@ -76,6 +76,11 @@ class DiffusionConfig:
     schedule: Literal["linear", "cosine"] = "linear"
     antithetic: bool = True
     t_min: float = 1e-3
+    # elbo: each masked token's loss weighted by w(t) = -alpha'_t / (1 - alpha_t), the NELBO (1/t
+    # for the linear schedule, so nearly clean sequences dominate); flat: weight 1 per masked token,
+    # which puts the training signal on heavily masked sequences. The reported nelbo is the bound
+    # either way.
+    weighting: Literal["elbo", "flat"] = "elbo"
 
 
 @dataclass

@@ -13,6 +13,9 @@ own z, so a valid bound pays the KL once per revealed token:
 
 which is what ``nelbo`` and bits per token report (for an MDM both coincide). A row with
 nothing masked contributes no KL: the denoiser copies every token, so z is unused.
+
+``diffusion.weighting: flat`` trains with w(t) = 1 in L instead (every masked token counts
+the same, whatever t); ``nelbo`` still reports the bound.
 """
 
 from __future__ import annotations
@@ -68,6 +71,7 @@ def diffusion_loss(model, x0, schedule: Schedule, diff: DiffusionConfig, latent:
     t = sample_t(b, antithetic=diff.antithetic, t_min=diff.t_min, generator=generator, device=x0.device)
     xt, masked = mask_tokens(x0, t, schedule, model.mask_id, given, generator)
     w = schedule.weight(t)
+    w_train = w if diff.weighting == "elbo" else torch.ones_like(w)
 
     z, kl, kl_used = None, x0.new_zeros(b, dtype=torch.float32), x0.new_zeros(b, dtype=torch.float32)
     if model.has_latent:
@@ -80,12 +84,13 @@ def diffusion_loss(model, x0, schedule: Schedule, diff: DiffusionConfig, latent:
 
     logits = model(xt, z).float()
     nll = F.cross_entropy(logits.transpose(1, 2), x0, reduction="none")
-    recon = w * (nll * masked).sum(1)
+    nll = (nll * masked).sum(1)
+    recon = w * nll
     beta = kl_weight(latent, step)
     nelbo = recon + w * masked.sum(1) * kl  # a valid bound charges the KL once per revealed token
     tokens = n if given is None else (~given).sum(1).clamp(min=1)
     return Loss(
-        loss=(recon + beta * w * kl_used).mean(),
+        loss=(w_train * (nll + beta * kl_used)).mean(),
         recon=recon.mean().detach(),
         latent_kl=kl.mean().detach(),
         nelbo=nelbo.mean().detach(),
