@@ -117,3 +117,30 @@ def test_z_policies_draw_once_or_every_step():
         _, steps = record(model, torch.full((2, 4), 10), nfe=4, z_policy=policy, generator=gen)
         zs = {tuple(s.z[0].tolist()) for s in steps}
         assert len(zs) == distinct
+
+
+def test_posterior_policy_encodes_the_sequence_completed_by_the_last_predictions():
+    cfg = tiny("vmd", kind="d1")
+    model = build_model(cfg, 10, 4).eval()
+    seen, encode = [], model.encode
+
+    def spy(x0, masked):
+        seen.append((x0.clone(), masked.clone()))
+        return encode(x0, masked)
+
+    model.encode = spy
+    logits = []
+    forward = model.forward
+    model.forward = lambda x, z=None: logits.append(forward(x, z)) or logits[-1]
+    x = torch.full((3, 4), 10)
+    x[:, 0] = 7  # a given token
+    _, steps = record(model, x, nfe=4, z_policy="posterior", generator=torch.Generator().manual_seed(0))
+    assert len(seen) == 3  # the first z comes from the prior, then one draw before each later step
+    before = [x] + [s.x for s in steps]
+    for k, (x0_hat, masked) in enumerate(seen):
+        prev = before[k + 1]  # the sequence the step starts from
+        assert torch.equal(masked, prev == 10)
+        assert (x0_hat != 10).all() and (x0_hat[:, 0] == 7).all()
+        assert torch.equal(x0_hat[~masked], prev[~masked])
+        assert torch.equal(x0_hat[masked], logits[k].argmax(-1)[masked])
+    assert len({tuple(s.z[0].tolist()) for s in steps}) == 4

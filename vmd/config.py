@@ -103,7 +103,9 @@ class SampleConfig:
     nfe: int = 1
     strategy: Literal["random", "top-prob", "top-margin"] = "random"
     temperature: float = 1.0  # 0 means argmax
-    z_policy: Literal["once", "step"] = "once"
+    # once: z drawn from the prior at the start; step: redrawn from the prior before every step;
+    # posterior: then drawn from the encoder given the previous step's predictions (method.md §5)
+    z_policy: Literal["once", "step", "posterior"] = "once"
     num_samples: int = 50000
     batch_size: int = 5000
     seed: int = 0

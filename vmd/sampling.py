@@ -25,18 +25,30 @@ class DrawOnce:
     def start(self, model, x, generator):
         return model.sample_z(x, generator)
 
-    def step(self, model, x, z, generator):
+    def step(self, model, x, z, logits, generator):
+        """``logits``: the denoiser's output at the previous step (on the sequence before it)."""
         return z
 
 
 class DrawEveryStep(DrawOnce):
     """z redrawn before every step, from the prior given the current sequence (VADD)."""
 
-    def step(self, model, x, z, generator):
+    def step(self, model, x, z, logits, generator):
         return model.sample_z(x, generator)
 
 
-Z_POLICIES = {"once": DrawOnce, "step": DrawEveryStep}
+class DrawFromPosterior(DrawOnce):
+    """Posterior-guided (method.md §5): the first z from the prior, then each next one drawn
+    from the encoder q(z | x0_hat, xt), with x0_hat the current sequence completed by the
+    previous step's argmax predictions."""
+
+    def step(self, model, x, z, logits, generator):
+        masked = x == model.mask_id
+        x0_hat = torch.where(masked, logits.argmax(-1), x)
+        return model.encode(x0_hat, masked).rsample(generator)
+
+
+Z_POLICIES = {"once": DrawOnce, "step": DrawEveryStep, "posterior": DrawFromPosterior}
 
 
 @dataclass
@@ -103,7 +115,7 @@ def generate(model, x: torch.Tensor, *, nfe: int, strategy: str = "random", temp
         z = policy.start(model, x, generator)
     for k in range(nfe):
         if k:
-            z = policy.step(model, x, z, generator)
+            z = policy.step(model, x, z, logits, generator)
         masked = x == model.mask_id
         n = unmask_counts(masked.sum(1), start, 1.0 - (k + 1) / nfe, schedule)
         logits = model(x, z)

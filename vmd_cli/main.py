@@ -150,7 +150,7 @@ def eval_cmd(
     givens: str = typer.Option("30-36", help="Sudoku: the givens range LO-HI of the generated test set."),
     restarts: int = typer.Option(0, help="Sudoku: retry failed puzzles with fresh z draws, up to K times."),
     temperature: Optional[float] = typer.Option(None, help="Sampling temperature; 0 is argmax."),
-    z_policy: Optional[str] = typer.Option(None, "--z-policy", help="VMD latent: once (drawn at the start) or step (every step)."),
+    z_policy: Optional[str] = typer.Option(None, "--z-policy", help="VMD latent: once (drawn at the start), step (redrawn every step) or posterior (from the encoder given the last predictions)."),
     samples: Optional[int] = typer.Option(None, help="How many samples to score \\[default: the run's, 50000]."),
     seed: Optional[int] = typer.Option(None, help="Sampling seed."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or mps \\[default: the run's]."),
@@ -198,7 +198,7 @@ def sample(
     nfe: Optional[int] = typer.Option(None, help="Denoiser calls per sample \\[default: the run's]."),
     strategy: Optional[str] = typer.Option(None, help="random, top-prob or top-margin."),
     temperature: Optional[float] = typer.Option(None, help="Sampling temperature; 0 is argmax."),
-    z_policy: Optional[str] = typer.Option(None, "--z-policy", help="once or step."),
+    z_policy: Optional[str] = typer.Option(None, "--z-policy", help="once, step or posterior."),
     seed: Optional[int] = typer.Option(None, help="Sampling seed."),
     as_json: bool = typer.Option(False, "--json", help="Print the samples as a JSON list of token lists."),
 ):
