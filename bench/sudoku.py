@@ -106,6 +106,10 @@ def main() -> None:
             results[(set_name, name)] = table["accuracy"]
             print(f"  {name}: top-margin " + " ".join(f"{k}:{100 * table['accuracy']['top-margin'][k]:.1f}" for k in nfes)
                   + f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
+            if model.has_latent:  # posterior-guided z (method.md §5), top-margin only
+                table = accuracy_table(model, puzzles, nfes=nfes, strategies=("top-margin",), z_policy="posterior",
+                                       schedule=cfg.diffusion.schedule)
+                results[(set_name, name, "posterior")] = table["accuracy"]["top-margin"]
         if 2 in nfes:
             for name, (model, cfg, _) in models.items():
                 r = solve(model, puzzles, nfe=2, restarts=4, z_policy=cfg.sample.z_policy)
@@ -142,6 +146,9 @@ def write(args, sources, models, nfes, results, perf, mm, gen) -> None:
         for strategy in DEFAULT_STRATEGIES:
             for name in models:
                 lines.append(fmt_row(f"{name} {strategy}", results[(set_name, name)][strategy], nfes))
+        for name in models:
+            if (set_name, name, "posterior") in results:
+                lines.append(fmt_row(f"{name} top-margin, posterior-guided z", results[(set_name, name, "posterior")], nfes))
         if (set_name, "VMD", "restarts") in results:
             lines += ["", "NFE 2, top-margin, `--restarts 4` (failures retried with fresh z; the MDM's retries sample "
                       "at temperature 1): " + ", ".join(f"{name} {100 * results[(set_name, name, 'restarts')]:.1f}%"
