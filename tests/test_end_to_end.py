@@ -31,6 +31,7 @@ def test_vmd_beats_mdm_at_one_step_on_two_tokens(tmp_path):
     assert vmd["accuracy"] > 0.8, vmd
     assert vmd["kl"] < mdm["kl"] / 4
     assert vmd["active_dims"] >= 1 and vmd["latent_kl"] > 0.1  # z is alive, not collapsed
+    assert vmd["z_gain"] > 1.0  # and the denoiser reads it: a posterior z predicts far better than a prior draw
     # the reported NELBO is an upper bound on -log p(x0): never below the data's entropy, log 10 nats
     entropy = math.log(10)
     for m in (mdm, vmd):

@@ -3,6 +3,10 @@ import math
 import pytest
 import torch
 
+from tests.conftest import tiny
+from vmd.evaluate import latent_stats
+from vmd.model import build_model
+from vmd.tasks import make_task
 from vmd.model.latent import Categorical, Gaussian, Mixture, StandardNormal, gaussian_kl, gaussian_log_prob
 
 
@@ -88,3 +92,12 @@ def test_categorical_rsample_is_one_hot_forward_and_passes_gradients():
     assert torch.all((z == 0) | (z == 1)) and torch.all(z.view(8, 2, 5).sum(-1) == 1)
     (z * torch.arange(10.0)).sum().backward()
     assert logits.grad is not None and logits.grad.abs().sum() > 0
+
+
+def test_z_gain_is_zero_for_a_denoiser_that_ignores_z():
+    cfg = tiny("vmd", kind="d1")
+    model = build_model(cfg, 10, 4).eval()
+    with torch.no_grad():  # zero modulation: the denoiser's output does not depend on z
+        model.trunk.cond[-1].weight.zero_()
+    stats = latent_stats(model, make_task(cfg.task), cfg, n=512)
+    assert abs(stats["z_gain"]) < 1e-5 and stats["latent_kl"] > 0

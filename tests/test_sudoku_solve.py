@@ -118,6 +118,20 @@ def test_vmd_eval_sudoku_table(trained, easy_file):
     assert out["puzzles"] == 12 and 0 <= out["accuracy"]["top-margin"]["10"] <= 1
 
 
+def test_vmd_eval_sudoku_reports_the_latent(tmp_path):
+    from vmd.models import bundled_path
+
+    rng = random.Random(5)
+    path = tmp_path / "with-solutions.txt"  # puzzle and solution on one line
+    path.write_text("".join(to_line(p) + " " + to_line(s) + "\n" for p, s in (make_puzzle(rng, 34, 36) for _ in range(6))))
+    r = runner.invoke(app, ["eval", str(bundled_path("sudoku-vmd")), "--data", str(path), "--nfe", "5",
+                            "--strategy", "top-margin", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["latent_dim"] == 16 and 0 <= out["active_dims"] <= 16 and out["latent_kl"] >= 0
+    assert abs(out["z_gain"]) < 5  # nats per masked cell; about 0 for the bundled VMD, whose decoder ignores z
+
+
 def test_solving_with_the_bundled_model():
     from vmd.checkpoint import load_model
     from vmd.models import bundled_path

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from vmd.config import Config, SampleConfig
 from vmd.diffusion import latent_terms, mask_tokens
@@ -34,20 +35,31 @@ def draw_samples(model, task, sc: SampleConfig, schedule_name: str = "linear", d
 
 
 @torch.no_grad()
-def latent_stats(model, task, cfg: Config, n: int = 4096, seed: int = 0, device="cpu") -> dict[str, float]:
-    """Mean KL(q(z | x0, xt) || prior) over training-like (x0, t) and the count of active dimensions."""
-    gen = torch.Generator().manual_seed(seed)
-    x0, given = task.train_batch(n, gen)
+def latent_stats(model, task, cfg: Config, n: int = 4096, seed: int = 0, device="cpu",
+                 batch: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> dict[str, float]:
+    """Over training-like (x0, t): the mean KL(q(z | x0, xt) || prior), the count of active
+    dimensions, and ``z_gain``: how much better the denoiser predicts the masked tokens from a z
+    drawn from the posterior than from one drawn from the prior, in nats per masked token. A KL
+    held up by free bits can sit above zero while the denoiser ignores z; then the gain is ~0.
+    ``batch``: (x0, given) to use instead of ``n`` draws from the task's training data."""
+    x0, given = batch if batch is not None else task.train_batch(n, torch.Generator().manual_seed(seed))
+    n = x0.shape[0]
     x0 = x0.to(device)
     given = given.to(device) if given is not None else None
     dgen = torch.Generator(device=device).manual_seed(seed)
     schedule = make_schedule(cfg.diffusion.schedule)
     t = sample_t(n, antithetic=True, t_min=cfg.diffusion.t_min, generator=dgen, device=device)
     xt, masked = mask_tokens(x0, t, schedule, model.mask_id, given, dgen)
-    _, mean, per = latent_terms(model, x0, xt, masked, dgen)
+    z_post, mean, per = latent_terms(model, x0, xt, masked, dgen)
     kl = per.sum(1)
     active = int((mean[masked.any(1)].var(0) > ACTIVE_THRESHOLD).sum())
-    return {"latent_kl": float(kl.mean()), "active_dims": active, "latent_dim": model.latent_dim}
+
+    def nll(z):
+        return F.cross_entropy(model(xt, z).float().transpose(1, 2), x0, reduction="none")[masked]
+
+    gain = (nll(model.sample_z(xt, dgen)) - nll(z_post)).mean()
+    return {"latent_kl": float(kl.mean()), "active_dims": active, "latent_dim": model.latent_dim,
+            "z_gain": float(gain)}
 
 
 def evaluate(model, task, cfg: Config, sc: SampleConfig, device="cpu", on_batch=None) -> dict[str, float]:

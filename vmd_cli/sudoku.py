@@ -128,9 +128,10 @@ def eval_sudoku(model, cfg, step, dev, run_dir, *, nfe, strategy, data, givens, 
     if unknown:
         fail(f"unknown strategy {unknown[0]!r}; choose from {', '.join(STRATEGIES)}")
     if data:
-        puzzles, _ = puzzles_to_tensors(read_puzzles(data))
+        puzzles, solutions = puzzles_to_tensors(read_puzzles(data))
         if samples:
             puzzles = puzzles[:samples]
+            solutions = solutions[:samples] if solutions is not None else None
         source = data
     else:
         try:
@@ -141,16 +142,21 @@ def eval_sudoku(model, cfg, step, dev, run_dir, *, nfe, strategy, data, givens, 
             fail(f"--givens must satisfy 17 <= LO <= HI <= 80, got {givens}")
         n = samples or 500
         with progress_bar("test set", n) as (bar, task):
-            puzzles, _ = generated_set(n, lo, hi, seed=1000 + (seed or 0), progress=lambda k: bar.advance(task, k))
+            puzzles, solutions = generated_set(n, lo, hi, seed=1000 + (seed or 0), progress=lambda k: bar.advance(task, k))
         source = f"generated, {lo}-{hi} givens"
     runs = len(nfes) * len(strategies) * puzzles.shape[0]
     with progress_bar("eval", runs) as (bar, task):
         table = accuracy_table(model, puzzles, nfes=nfes, strategies=strategies, restarts=restarts, seed=seed or 0,
                                z_policy=z_policy or cfg.sample.z_policy, schedule=cfg.diffusion.schedule, device=dev,
                                on_batch=lambda k: bar.advance(task, k))
+    latent = {}
+    if model.has_latent and solutions is not None:  # the latent's state on the solutions, under random masks
+        from vmd.evaluate import latent_stats
+
+        latent = latent_stats(model, None, cfg, seed=seed or 0, device=dev, batch=(solutions[:1024].long() - 1, None))
     if as_json:
         print(json.dumps({"method": cfg.method, "step": step, "puzzles": int(puzzles.shape[0]), "source": source,
-                          "restarts": restarts, **table}))
+                          "restarts": restarts, **table, **latent}))
         return
     view = Table(title=f"{cfg.method.upper()} sudoku, step {step}: % solved ({puzzles.shape[0]} puzzles, {source})",
                  caption=str(run_dir))
@@ -160,4 +166,7 @@ def eval_sudoku(model, cfg, step, dev, run_dir, *, nfe, strategy, data, givens, 
     for s_name in strategies:
         view.add_row(s_name, *(f"{100 * table['accuracy'][s_name][k]:.1f}" for k in nfes))
     out.print(view)
+    if latent:
+        out.print(f"latent: KL {latent['latent_kl']:.3f} nats, {latent['active_dims']}/{latent['latent_dim']} active "
+                  f"dimensions, z gain {latent['z_gain']:.3f} nats per masked cell (posterior z over a prior draw)")
 
