@@ -221,12 +221,14 @@ def report(results, args, cost, corr, png, bounds) -> str:
                          f"{fmt(b['kl'])} | {fmt(paper[0] and paper[0] / 100, True)} | {fmt(paper[1] and paper[1] / 100, True)} | "
                          f"{fmt(paper[2])} | {fmt(paper[3])} |")
     lines += ["", "Training (wall-clock seconds on this machine, steps from the preset) and the VMD latent:", "",
-              "| preset | steps | train s | VMD latent KL (nats) | active dims |", "|---|---|---|---|---|"]
+              "| preset | steps | train s | VMD latent KL (nats) | active dims | z gain (nats per masked token) |",
+              "|---|---|---|---|---|---|"]
     for fam in fams:
         for method in ("mdm", "vmd"):
             cfg = C.load(f"synthetic-{fam}-{method}")
             m = results[(fam, method, 1)]
-            lat = (f"{m['latent_kl']:.3f} | {m['active_dims']}/{m['latent_dim']}" if "latent_kl" in m else "- | -")
+            lat = (f"{m['latent_kl']:.3f} | {m['active_dims']}/{m['latent_dim']} | {m['z_gain']:.2f}" if "latent_kl" in m
+                   else "- | - | -")
             lines.append(f"| synthetic-{fam}-{method} | {cfg.train.steps} | {results[(fam, method, 'wall')]:.0f} | {lat} |")
     lines += ["", "Training step cost, D1 presets (VMD against MDM on the same backbone), MDM and VMD steps interleaved "
               "in one process, median over blocks (VADD reports about 1.5):", "",
