@@ -99,5 +99,6 @@ def test_z_gain_is_zero_for_a_denoiser_that_ignores_z():
     model = build_model(cfg, 10, 4).eval()
     with torch.no_grad():  # zero modulation: the denoiser's output does not depend on z
         model.trunk.cond[-1].weight.zero_()
-    stats = latent_stats(model, make_task(cfg.task), cfg, n=512)
+    x0, given = make_task(cfg.task).train_batch(512, torch.Generator().manual_seed(0))
+    stats = latent_stats(model, x0, given, cfg)
     assert abs(stats["z_gain"]) < 1e-5 and stats["latent_kl"] > 0

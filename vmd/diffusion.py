@@ -83,8 +83,7 @@ def diffusion_loss(model, x0, schedule: Schedule, diff: DiffusionConfig, latent:
         kl_used = per.sum(1)
 
     logits = model(xt, z).float()
-    nll = F.cross_entropy(logits.transpose(1, 2), x0, reduction="none")
-    nll = (nll * masked).sum(1)
+    nll = (F.cross_entropy(logits.transpose(1, 2), x0, reduction="none") * masked).sum(1)  # per sequence
     recon = w * nll
     beta = kl_weight(latent, step)
     nelbo = recon + w * masked.sum(1) * kl  # a valid bound charges the KL once per revealed token

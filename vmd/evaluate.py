@@ -35,14 +35,13 @@ def draw_samples(model, task, sc: SampleConfig, schedule_name: str = "linear", d
 
 
 @torch.no_grad()
-def latent_stats(model, task, cfg: Config, n: int = 4096, seed: int = 0, device="cpu",
-                 batch: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> dict[str, float]:
-    """Over training-like (x0, t): the mean KL(q(z | x0, xt) || prior), the count of active
-    dimensions, and ``z_gain``: how much better the denoiser predicts the masked tokens from a z
-    drawn from the posterior than from one drawn from the prior, in nats per masked token. A KL
-    held up by free bits can sit above zero while the denoiser ignores z; then the gain is ~0.
-    ``batch``: (x0, given) to use instead of ``n`` draws from the task's training data."""
-    x0, given = batch if batch is not None else task.train_batch(n, torch.Generator().manual_seed(seed))
+def latent_stats(model, x0: torch.Tensor, given: torch.Tensor | None, cfg: Config, seed: int = 0,
+                 device="cpu") -> dict[str, float]:
+    """Over sequences ``x0`` (``given`` positions never masked) under random masks: the mean
+    KL(q(z | x0, xt) || prior), the count of active dimensions, and ``z_gain``: how much better
+    the denoiser predicts the masked tokens from a z drawn from the posterior than from one
+    drawn from the prior, in nats per masked token. A KL held up by free bits can sit above
+    zero while the denoiser ignores z; then the gain is ~0."""
     n = x0.shape[0]
     x0 = x0.to(device)
     given = given.to(device) if given is not None else None
@@ -66,5 +65,6 @@ def evaluate(model, task, cfg: Config, sc: SampleConfig, device="cpu", on_batch=
     samples = draw_samples(model, task, sc, cfg.diffusion.schedule, device, on_batch)
     metrics = dict(task.metrics(samples))
     if model.has_latent:
-        metrics.update(latent_stats(model, task, cfg, device=device))
+        x0, given = task.train_batch(4096, torch.Generator().manual_seed(0))  # training-like sequences
+        metrics.update(latent_stats(model, x0, given, cfg, device=device))
     return metrics

@@ -152,8 +152,9 @@ def eval_sudoku(model, cfg, step, dev, run_dir, *, nfe, strategy, data, givens, 
     latent = {}
     if model.has_latent and solutions is not None:  # the latent's state on the solutions, under random masks
         from vmd.evaluate import latent_stats
+        from vmd.tasks.sudoku import to_tokens
 
-        latent = latent_stats(model, None, cfg, seed=seed or 0, device=dev, batch=(solutions[:1024].long() - 1, None))
+        latent = latent_stats(model, to_tokens(solutions[:1024]), None, cfg, seed=seed or 0, device=dev)
     if as_json:
         print(json.dumps({"method": cfg.method, "step": step, "puzzles": int(puzzles.shape[0]), "source": source,
                           "restarts": restarts, **table, **latent}))
