@@ -130,6 +130,8 @@ def test_vmd_eval_sudoku_reports_the_latent(tmp_path):
     out = json.loads(r.stdout)
     assert out["latent_dim"] == 16 and 0 <= out["active_dims"] <= 16 and out["latent_kl"] >= 0
     assert abs(out["z_gain"]) < 5  # nats per masked cell; about 0 for the bundled VMD, whose decoder ignores z
+    r = runner.invoke(app, ["eval", str(bundled_path("sudoku-vmd")), "--data", str(path), "--z-policy", "bogus"])
+    assert r.exit_code == 2 and "once, step, posterior" in r.stderr
 
 
 def test_solving_with_the_bundled_model():

@@ -107,6 +107,8 @@ def generate(model, x: torch.Tensor, *, nfe: int, strategy: str = "random", temp
         raise ValueError(f"nfe must be >= 1, got {nfe}")
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy '{strategy}'; choose one of {', '.join(STRATEGIES)}")
+    if z_policy not in Z_POLICIES:
+        raise ValueError(f"unknown z policy '{z_policy}'; choose one of {', '.join(Z_POLICIES)}")
     schedule = schedule or LinearSchedule()
     policy = Z_POLICIES[z_policy]()
     x = x.clone()

@@ -167,7 +167,8 @@ def eval_cmd(
         from vmd_cli.sudoku import eval_sudoku
 
         return eval_sudoku(model, cfg, step, dev, run_dir, nfe=nfe, strategy=strategy, data=data, givens=givens,
-                           restarts=restarts, samples=samples, seed=seed, z_policy=z_policy, as_json=as_json)
+                           restarts=restarts, samples=samples, seed=seed, as_json=as_json,
+                           z_policy=_sample_config(cfg, z_policy=z_policy).z_policy)
     nfe_value = parse_ints(nfe, "--nfe")
     if nfe_value is not None and len(nfe_value) != 1:
         fail("--nfe takes one value for this task")

@@ -147,7 +147,7 @@ def eval_sudoku(model, cfg, step, dev, run_dir, *, nfe, strategy, data, givens, 
     runs = len(nfes) * len(strategies) * puzzles.shape[0]
     with progress_bar("eval", runs) as (bar, task):
         table = accuracy_table(model, puzzles, nfes=nfes, strategies=strategies, restarts=restarts, seed=seed or 0,
-                               z_policy=z_policy or cfg.sample.z_policy, schedule=cfg.diffusion.schedule, device=dev,
+                               z_policy=z_policy, schedule=cfg.diffusion.schedule, device=dev,
                                on_batch=lambda k: bar.advance(task, k))
     latent = {}
     if model.has_latent and solutions is not None:  # the latent's state on the solutions, under random masks
