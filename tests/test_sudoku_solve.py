@@ -63,6 +63,28 @@ def test_layout_gives_each_cell_its_row_column_and_box():
     assert lay[0].tolist() == [0, 9, 18] and lay[80].tolist() == [8, 17, 26] and lay[30].tolist() == [3, 12, 22]
 
 
+def test_relation_bias_lets_attention_see_only_a_cells_peers():
+    """Relation ids are the layout features two cells share, as bits (row 1, column 2, box 4);
+    a head whose bias shuts out unrelated pairs makes a cell blind to cells outside its units."""
+    from vmd.model.transformer import Trunk
+
+    torch.manual_seed(0)
+    trunk = Trunk(10, 81, 32, 1, 4, layout=sudoku_layout(), relation_bias=True).eval()
+    rel = trunk.relation
+    assert rel[0, 0] == 7 and rel[0, 1] == 1 + 4 and rel[0, 9] == 2 + 4 and rel[0, 3] == 1 and rel[0, 80] == 0
+    assert torch.equal(rel, rel.T)
+    x = torch.randint(0, 9, (2, 81))
+    y = x.clone()
+    y[:, 80] = (y[:, 80] + 1) % 9  # cell 80 shares no row, column or box with cell 0 (but does with cell 8)
+    with torch.no_grad():
+        assert not torch.allclose(trunk(x)[:, 0], trunk(y)[:, 0])  # zero bias: attention reaches every cell
+        trunk.relation_logits[:, :, 0] = -1e4
+        assert torch.allclose(trunk(x)[:, 0], trunk(y)[:, 0], atol=1e-5)
+        assert not torch.allclose(trunk(x)[:, 8], trunk(y)[:, 8])
+    with pytest.raises(C.ConfigError, match="relation_bias"):
+        C.load("synthetic-2tok-mdm", overrides=["model.relation_bias=true"])
+
+
 def test_puzzle_training_never_masks_the_givens():
     task = make_task(sudoku_cfg(source="puzzles", grids=20, min_givens=30, max_givens=36).task)
     x0, given = task.train_batch(32, torch.Generator().manual_seed(0))

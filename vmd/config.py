@@ -45,6 +45,9 @@ class ModelConfig:
     heads: int = 4
     mlp_ratio: int = 4
     dropout: float = 0.0
+    # attention logits learn a bias per head for each relation of two positions (Sudoku: same
+    # row / column / box); needs a task whose positions have structure (sudoku)
+    relation_bias: bool = False
 
 
 @dataclass
@@ -223,6 +226,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"task.min_givens ({cfg.task.min_givens}) is above task.max_givens ({cfg.task.max_givens})")
     if cfg.task.name == "sudoku" and cfg.task.source == "file" and not cfg.task.file:
         raise ConfigError("task.source is 'file' but task.file is empty; give the puzzle file with --set task.file=PATH")
+    if cfg.model.relation_bias and cfg.task.name != "sudoku":
+        raise ConfigError(f"model.relation_bias needs a task with structured positions (sudoku), not {cfg.task.name!r}")
     if cfg.model.dim % cfg.model.heads:
         raise ConfigError(f"model.dim ({cfg.model.dim}) must be a multiple of model.heads ({cfg.model.heads})")
     if cfg.latent.kind == "gaussian" and cfg.latent.dim % cfg.latent.groups:

@@ -26,15 +26,17 @@ class MaskedDiffusionModel(nn.Module):
         self.latent_dim = 0 if cfg.method != "vmd" else lat.groups * lat.components if categorical else lat.dim
         self.encoder_sees_mask = lat.encoder_sees_mask
         self.trunk = Trunk(vocab + 1, length, m.dim, m.layers, m.heads, m.mlp_ratio, m.dropout,
-                           cond_dim=self.latent_dim, layout=layout)
+                           cond_dim=self.latent_dim, layout=layout, relation_bias=m.relation_bias)
         self.head = nn.Linear(m.dim, vocab)
         self.encoder = self.prior_net = self.classes = None
         if self.latent_dim:
             self.classes = (lat.groups, lat.components) if categorical else None
-            self.encoder = Encoder(vocab, length, lat.dim, lat.encoder_dim, lat.encoder_layers, m.heads, self.classes, layout)
+            self.encoder = Encoder(vocab, length, lat.dim, lat.encoder_dim, lat.encoder_layers, m.heads, self.classes, layout,
+                                   m.relation_bias)
             if lat.prior == "conditional":
                 self.prior_net = ConditionalPrior(vocab + 1, length, lat.dim, lat.components, lat.groups,
-                                                  lat.prior_dim, lat.prior_layers, m.heads, categorical, layout)
+                                                  lat.prior_dim, lat.prior_layers, m.heads, categorical, layout,
+                                                  m.relation_bias)
 
     @property
     def has_latent(self) -> bool:

@@ -150,10 +150,10 @@ class Encoder(nn.Module):
     G categorical variables."""
 
     def __init__(self, vocab: int, length: int, latent_dim: int, dim: int, layers: int, heads: int,
-                 classes: tuple[int, int] | None = None, layout=None):
+                 classes: tuple[int, int] | None = None, layout=None, relation_bias: bool = False):
         super().__init__()
         self.classes = classes
-        self.trunk = Trunk(vocab, length, dim, layers, heads, flags=2, layout=layout)
+        self.trunk = Trunk(vocab, length, dim, layers, heads, flags=2, layout=layout, relation_bias=relation_bias)
         self.pool = Pool(dim)
         self.out = nn.Linear(dim, classes[0] * classes[1] if classes else 2 * latent_dim)
         nn.init.zeros_(self.out.bias)
@@ -174,11 +174,12 @@ class ConditionalPrior(nn.Module):
     logits of each of its ``groups`` variables over ``components`` classes."""
 
     def __init__(self, tokens: int, length: int, latent_dim: int, components: int, groups: int,
-                 dim: int, layers: int, heads: int, categorical: bool = False, layout=None):
+                 dim: int, layers: int, heads: int, categorical: bool = False, layout=None,
+                 relation_bias: bool = False):
         super().__init__()
         self.g, self.k = groups, components
         self.dg = 0 if categorical else latent_dim // groups  # categorical: class logits only
-        self.trunk = Trunk(tokens, length, dim, layers, heads, layout=layout)
+        self.trunk = Trunk(tokens, length, dim, layers, heads, layout=layout, relation_bias=relation_bias)
         self.pool = Pool(dim)
         self.out = nn.Linear(dim, groups * components * (1 + 2 * self.dg))
         self.out.weight.data.mul_(0.01)

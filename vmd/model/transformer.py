@@ -6,6 +6,12 @@ final norm. With ``cond_dim > 0`` every block's norms take a shift and a scale (
 each residual branch a gate) from the conditioning vector (adaLN, as in VADD/DiT);
 one MLP computes the modulation of all blocks at once, and it starts at zero, so at
 initialisation the blocks are plain blocks.
+
+With a ``layout`` and ``relation_bias``, attention also knows how two positions relate:
+each pair gets a relation id from the layout features the two share (for Sudoku: same
+row, same column, same box, as bits), and each block's heads add a learned logit per
+relation, zero at initialisation. A head can then attend to a cell's row, column or box
+peers from the first step instead of first learning to read that off the embeddings.
 """
 
 from __future__ import annotations
@@ -31,21 +37,24 @@ class Block(nn.Module):
             one[[1, 2, 4, 5]] = 1.0
             self.register_buffer("_one", one.flatten(), persistent=False)
 
-    def attention(self, h: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+    def attention(self, h: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         b, n, d = h.shape
         q, k, v = self.qkv(h).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         p = self.dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
+        if bias is not None:  # under autocast q may be in half precision; the mask must match it
+            bias = bias.to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
-    def forward(self, x, mod=None, attn_mask=None):
-        """``mod``: (B, 6 * dim) shift, scale and gate for both sub-layers, or None."""
+    def forward(self, x, mod=None, bias=None):
+        """``mod``: (B, 6 * dim) shift, scale and gate for both sub-layers, or None; ``bias``:
+        (heads, L, L) added to the attention logits, or None."""
         if mod is None:
-            x = x + self.attention(self.norm1(x), attn_mask)
+            x = x + self.attention(self.norm1(x), bias)
             return x + self.mlp(self.norm2(x))
         # one fused multiply-add per modulation: addcmul(a, b, c) = a + b * c
         shift1, scale1, gate1, shift2, scale2, gate2 = (mod[:, None, :] + self._one).chunk(6, dim=-1)
-        x = torch.addcmul(x, gate1, self.attention(torch.addcmul(shift1, self.norm1(x), scale1), attn_mask))
+        x = torch.addcmul(x, gate1, self.attention(torch.addcmul(shift1, self.norm1(x), scale1), bias))
         return torch.addcmul(x, gate2, self.mlp(torch.addcmul(shift2, self.norm2(x), scale2)))
 
 
@@ -54,7 +63,7 @@ class Trunk(nn.Module):
 
     def __init__(self, tokens: int, length: int, dim: int, layers: int, heads: int,
                  mlp_ratio: int = 4, dropout: float = 0.0, cond_dim: int = 0, flags: int = 0,
-                 layout: torch.Tensor | None = None):
+                 layout: torch.Tensor | None = None, relation_bias: bool = False):
         super().__init__()
         self.tok = nn.Embedding(tokens, dim)
         # tokens and positions start at the same small scale (GPT-2's 0.02): with torch's N(0, 1)
@@ -76,16 +85,27 @@ class Trunk(nn.Module):
             self.cond = nn.Sequential(nn.Linear(cond_dim, dim), nn.SiLU(), nn.Linear(dim, layers * 6 * dim))
             nn.init.zeros_(self.cond[-1].weight)
             nn.init.zeros_(self.cond[-1].bias)
+        self.relation_logits = None
+        if relation_bias:
+            if layout is None:
+                raise ValueError("relation_bias needs a layout: the task gives its positions no structure")
+            shared = (layout[:, None, :] == layout[None, :, :]).long()  # (L, L, F): which features two positions share
+            self.register_buffer("relation", (shared << torch.arange(layout.shape[1])).sum(-1), persistent=False)
+            self.relation_logits = nn.Parameter(torch.zeros(layers, heads, 2 ** layout.shape[1]))
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, dropout, modulated=bool(cond_dim)) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, ids, cond=None, flags=None, attn_mask=None):
+    def forward(self, ids, cond=None, flags=None):
         pos = self.pos[: ids.shape[1]] if self.layout_emb is None else self.layout_emb(self.layout).sum(1)
         h = self.tok(ids) + pos
         if self.flag is not None:
             h = h + self.flag(flags.long())
         n = len(self.blocks)
         mods = self.cond(cond).chunk(n, dim=-1) if self.cond is not None else [None] * n
-        for block, mod in zip(self.blocks, mods):
-            h = block(h, mod, attn_mask)
+        biases = [None] * n
+        if self.relation_logits is not None:  # (layers, heads, R)[relation] -> per block (heads, L, L)
+            r = self.relation[: ids.shape[1], : ids.shape[1]]
+            biases = self.relation_logits[:, :, r].unbind(0)
+        for block, mod, bias in zip(self.blocks, mods, biases):
+            h = block(h, mod, bias)
         return self.norm(h)
