@@ -104,8 +104,7 @@ class Trunk(nn.Module):
         mods = self.cond(cond).chunk(n, dim=-1) if self.cond is not None else [None] * n
         biases = [None] * n
         if self.relation_logits is not None:  # (layers, heads, R)[relation] -> per block (heads, L, L)
-            r = self.relation[: ids.shape[1], : ids.shape[1]]
-            biases = self.relation_logits[:, :, r].unbind(0)
+            biases = self.relation_logits[:, :, self.relation].unbind(0)
         for block, mod, bias in zip(self.blocks, mods, biases):
             h = block(h, mod, bias)
         return self.norm(h)
