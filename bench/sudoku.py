@@ -7,7 +7,7 @@
 For each set (easy 30-36 givens, hard 22-26, very hard 17-21) and model: % solved at
 NFE 1, 2, 3, 5, 10, 20, 50 with each strategy (argmax values), the VMD with --restarts 4 at
 NFE 2, and the batched solving speed at NFE 10 with the FLOP/s it implies, beside a plain
-matrix product's FLOP/s measured in the same run. Test sets are cached (vmd.sudoku.data).
+matrix product's FLOP/s measured beside each solve. Test sets are cached (vmd.sudoku.data).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import argparse
 import json
 import platform
 import random
+import statistics
 import sys
 import time
 from datetime import date
@@ -65,11 +66,27 @@ def forward_flops(model, batch: int = 64) -> float:
     return counter.get_total_flops() / batch
 
 
-def speed(model, puzzles, cfg, nfe: int = 10, batch_size: int = 256) -> float:
-    solve(model, puzzles[:batch_size], nfe=2, batch_size=batch_size)  # warm-up
-    t0 = time.perf_counter()
-    solve(model, puzzles, nfe=nfe, strategy="top-margin", batch_size=batch_size, z_policy=cfg.sample.z_policy)
-    return puzzles.shape[0] / (time.perf_counter() - t0)
+def speed(models, puzzles, rounds: int = 5, nfe: int = 10, batch_size: int = 256) -> tuple[dict, float]:
+    """Puzzles/s of batched solving and the share of a plain matmul's FLOP/s that it implies.
+
+    The machine's speed drifts (shared host), so each solve is paired with a matmul measured
+    just before it, the models take turns, and each figure is the median over ``rounds``.
+    Returns ({name: (puzzles/s, model FLOP/s, share)}, median matmul FLOP/s)."""
+    per_puzzle = {name: forward_flops(model) * nfe for name, (model, _, _) in models.items()}
+    for model, _, _ in models.values():
+        solve(model, puzzles[:batch_size], nfe=2, batch_size=batch_size)  # warm-up
+    rates: dict = {name: [] for name in models}
+    shares: dict = {name: [] for name in models}
+    mms = []
+    for _ in range(rounds):
+        for name, (model, cfg, _) in models.items():
+            mms.append(matmul_flops(reps=10))
+            t0 = time.perf_counter()
+            solve(model, puzzles, nfe=nfe, strategy="top-margin", batch_size=batch_size, z_policy=cfg.sample.z_policy)
+            rates[name].append(puzzles.shape[0] / (time.perf_counter() - t0))
+            shares[name].append(rates[name][-1] * per_puzzle[name] / mms[-1])
+    med = statistics.median
+    return {name: (med(rates[name]), med(rates[name]) * per_puzzle[name], med(shares[name])) for name in models}, med(mms)
 
 
 def fmt_row(name, acc, nfes):
@@ -115,13 +132,7 @@ def main() -> None:
                 r = solve(model, puzzles, nfe=2, restarts=4, z_policy=cfg.sample.z_policy)
                 results[(set_name, name, "restarts")] = float(r.solved.double().mean())
     easy, _ = generated_set(max(args.easy, 256), *SETS["easy"], seed=TEST_SEED) if args.easy else (None, None)
-    mm = matmul_flops()
-    perf = {}
-    if easy is not None:
-        for name, (model, cfg, _) in models.items():
-            rate = speed(model, easy, cfg)
-            flops = forward_flops(model) * 10 * rate
-            perf[name] = (rate, flops)
+    perf, mm = speed(models, easy[:256]) if easy is not None else ({}, matmul_flops())
     gen = {name: generation_rate(*SETS[name], n) for name, n in (("easy", 200), ("hard", 40))}
     write(args, sources, models, nfes, results, perf, mm, gen)
 
@@ -156,10 +167,12 @@ def write(args, sources, models, nfes, results, perf, mm, gen) -> None:
     if perf:
         lines += ["", "## Solving speed (NFE 10, top-margin, batches of 256, easy puzzles)", "",
                   "| model | puzzles/s | GFLOP/s | share of a plain 1024x1024 matmul |", "|---|---|---|---|"]
-        for name, (rate, flops) in perf.items():
-            lines.append(f"| {name} | {rate:.1f} | {flops / 1e9:.1f} | {100 * flops / mm:.0f}% |")
-        lines += ["", f"Plain fp32 matmul in the same run: {mm / 1e9:.1f} GFLOP/s. Model FLOPs counted by "
-                  "`torch.utils.flop_counter` for one denoiser call, times 10 calls per puzzle."]
+        for name, (rate, flops, share) in perf.items():
+            lines.append(f"| {name} | {rate:.1f} | {flops / 1e9:.1f} | {100 * share:.0f}% |")
+        lines += ["", f"Plain fp32 matmul in the same run: {mm / 1e9:.1f} GFLOP/s (median). Model FLOPs counted by "
+                  "`torch.utils.flop_counter` for one denoiser call, times 10 calls per puzzle. Each figure is the "
+                  "median of 5 rounds in which the models take turns; the share pairs each solve with a matmul "
+                  "measured just before it, as the machine's speed drifts."]
     lines += ["", "## Puzzle generator", "", "One process, no cache: " + ", ".join(
         f"{name} ({SETS[name][0]}-{SETS[name][1]} givens) {rate:.1f} puzzles/s" for name, rate in gen.items())
         + f"; 10,000 easy puzzles take about {10000 / gen['easy'] / 60:.1f} min in one process "
