@@ -240,6 +240,8 @@ def report(results, args, cost, corr, png, bounds) -> str:
               "falls towards the share of arithmetic the latent path adds."]
     lines += ["", "## Targets of the core issue", "", "| target | measured | met |", "|---|---|---|"]
     lines += targets(results, cost)
+    lines += ["", "D2 at NFE 1 moves by 2-3 points from one training seed to the next; the settings tried for it, "
+              "with several seeds, are in docs/d2-sweep.md."]
     lines += ["", "## The paper's objective is not a bound", "",
               "VMD trains on E_t E_xt [w(t) (recon + beta KL)] (method.md §2). With beta = 1 that value falls "
               "below the data's entropy, so it cannot be an upper bound on -log p(x0): in continuous time each "
