@@ -191,9 +191,9 @@ class ConditionalPrior(nn.Module):
     def forward(self, xt) -> Mixture | Categorical:
         h = self.out(self.pool(self.trunk(xt)))
         b, g, k, dg = h.shape[0], self.g, self.k, self.dg
-        logits = h[:, : g * k].view(b, g, k)
         if not dg:
-            return Categorical(logits)
-        means = h[:, g * k: g * k * (1 + dg)].view(b, g, k, dg)
-        logvars = h[:, g * k * (1 + dg):].view(b, g, k, dg).clamp(LOGVAR_MIN, LOGVAR_MAX)
-        return Mixture(logits, means, logvars)
+            return Categorical(h.view(b, g, k))
+        # one split, not three slices: the slices' backward zero-fills a full-size gradient each
+        logits, means, logvars = h.split([g * k, g * k * dg, g * k * dg], dim=-1)
+        return Mixture(logits.view(b, g, k), means.view(b, g, k, dg),
+                       logvars.view(b, g, k, dg).clamp(LOGVAR_MIN, LOGVAR_MAX))
