@@ -25,9 +25,9 @@ def _biased_attention(q, k, v, bias, dropout_p: float):
     """softmax(q k^T / sqrt(d) + bias) v in plain batched kernels, for the CPU.
 
     Given a float mask, torch's SDPA takes its generic CPU path, which also scans the mask
-    for rows of -inf (`isneginf`, `all`, `where`): half its time on the Sudoku model. Here
-    the bias (heads, L, L) is added in place, broadcast over the batch. Same result within
-    float rounding; CUDA keeps SDPA, which has fused kernels for float masks.
+    for rows of -inf (`isneginf`, `all`, `where`); attention was then half of a Sudoku
+    denoiser call. Here the bias (heads, L, L) is added in place, broadcast over the batch.
+    Same result within float rounding; CUDA keeps SDPA, which has fused kernels for float masks.
     """
     b, h, n, d = q.shape
     logits = torch.bmm((q * d ** -0.5).reshape(b * h, n, d), k.reshape(b * h, n, d).transpose(1, 2))
