@@ -95,6 +95,9 @@ class TrainConfig:
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
+    # decay of the EMA weights, ramped as min(ema, (1 + step) / (10 + step)): the ramp stays below
+    # 0.999 until step 8990 and below 0.998 until step 4490, so in shorter runs (every bundled
+    # preset) it alone sets the decay, and ema only turns the average on (> 0) or off (0)
     ema: float = 0.999
     seed: int = 0
     log_every: int = 50
