@@ -31,10 +31,10 @@ def _biased_attention(q, k, v, bias, dropout_p: float):
     """
     b, h, n, d = q.shape
     logits = torch.bmm((q * d ** -0.5).reshape(b * h, n, d), k.reshape(b * h, n, d).transpose(1, 2))
-    logits = logits.view(b, h, n, n).add_(bias).softmax(dim=-1)
+    weights = logits.view(b, h, n, n).add_(bias).softmax(dim=-1)
     if dropout_p:
-        logits = F.dropout(logits, dropout_p)
-    return torch.bmm(logits.view(b * h, n, n), v.reshape(b * h, n, d)).view(b, h, n, d)
+        weights = F.dropout(weights, dropout_p)
+    return torch.bmm(weights.view(b * h, n, n), v.reshape(b * h, n, d)).view(b, h, n, d)
 
 
 class Block(nn.Module):
