@@ -18,10 +18,12 @@ from pathlib import Path
 
 import torch
 
+from _docs import write_keeping_hand
 from vmd import checkpoint, config as C
 
 ROOT = Path(__file__).resolve().parent.parent
 LIMIT_MB = 25
+HAND = "## How they were trained (written by hand"
 
 
 def preset_of(run_dir: Path, cfg: C.Config) -> str:
@@ -65,7 +67,7 @@ def main() -> None:
     lines += ["", f"Bundled on {date.today()} by `python bench/bundle.py --vmd {args.vmd} --mdm {args.mdm}`; trained "
               f"with torch {versions.get('torch', '?')} on this repository's machine ({platform.machine()}, "
               f"{torch.get_num_threads()} CPU threads visible here). Accuracy: docs/results-sudoku.md."]
-    (ROOT / "docs" / "bundled-models.md").write_text("\n".join(lines) + "\n")
+    write_keeping_hand(ROOT / "docs" / "bundled-models.md", "\n".join(lines) + "\n", HAND)
     print("wrote docs/bundled-models.md")
 
 

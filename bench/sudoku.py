@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from _docs import write_keeping_hand
 from vmd.checkpoint import load_model
 from vmd.models import bundled_path
 from vmd.sudoku.data import generated_set
@@ -177,11 +178,7 @@ def write(args, sources, models, nfes, results, perf, mm, gen) -> None:
         f"{name} ({SETS[name][0]}-{SETS[name][1]} givens) {rate:.1f} puzzles/s" for name, rate in gen.items())
         + f"; 10,000 easy puzzles take about {10000 / gen['easy'] / 60:.1f} min in one process "
         "(`generated_set` spreads chunks over the CPU cores)."]
-    out = Path(args.out)
-    kept = ""  # a hand-written reading of the numbers survives a re-run (check that it still holds)
-    if out.exists() and HAND in out.read_text():
-        kept = "\n" + out.read_text()[out.read_text().index(HAND):]
-    out.write_text("\n".join(lines) + "\n" + kept)
+    write_keeping_hand(Path(args.out), "\n".join(lines) + "\n", HAND)
     (Path(args.out).with_suffix(".json")).write_text(json.dumps(
         {"|".join(k): v for k, v in results.items()}, indent=1))
     print(f"wrote {args.out}")
