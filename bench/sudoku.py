@@ -72,7 +72,7 @@ def speed(models, puzzles, rounds: int = 5, nfe: int = 10, batch_size: int = 256
 
     The machine's speed drifts (shared host), so each solve is paired with a matmul measured
     just before it, the models take turns, and each figure is the median over ``rounds``.
-    Returns ({name: (puzzles/s, model FLOP/s, share)}, median matmul FLOP/s)."""
+    Returns ({name: (puzzles/s, model FLOP/s, share, (lowest, highest share))}, median matmul FLOP/s)."""
     per_puzzle = {name: forward_flops(model) * nfe for name, (model, _, _) in models.items()}
     for model, _, _ in models.values():
         solve(model, puzzles[:batch_size], nfe=2, batch_size=batch_size)  # warm-up
@@ -87,7 +87,8 @@ def speed(models, puzzles, rounds: int = 5, nfe: int = 10, batch_size: int = 256
             rates[name].append(puzzles.shape[0] / (time.perf_counter() - t0))
             shares[name].append(rates[name][-1] * per_puzzle[name] / mms[-1])
     med = statistics.median
-    return {name: (med(rates[name]), med(rates[name]) * per_puzzle[name], med(shares[name])) for name in models}, med(mms)
+    return {name: (med(rates[name]), med(rates[name]) * per_puzzle[name], med(shares[name]),
+                   (min(shares[name]), max(shares[name]))) for name in models}, med(mms)
 
 
 def fmt_row(name, acc, nfes):
@@ -167,9 +168,10 @@ def write(args, sources, models, nfes, results, perf, mm, gen) -> None:
                                                           for name in models)]
     if perf:
         lines += ["", "## Solving speed (NFE 10, top-margin, batches of 256, easy puzzles)", "",
-                  "| model | puzzles/s | GFLOP/s | share of a plain 1024x1024 matmul |", "|---|---|---|---|"]
-        for name, (rate, flops, share) in perf.items():
-            lines.append(f"| {name} | {rate:.1f} | {flops / 1e9:.1f} | {100 * share:.0f}% |")
+                  "| model | puzzles/s | GFLOP/s | share of a plain 1024x1024 matmul | lowest-highest round |",
+                  "|---|---|---|---|---|"]
+        for name, (rate, flops, share, (lo, hi)) in perf.items():
+            lines.append(f"| {name} | {rate:.1f} | {flops / 1e9:.1f} | {100 * share:.0f}% | {100 * lo:.0f}-{100 * hi:.0f}% |")
         lines += ["", f"Plain fp32 matmul in the same run: {mm / 1e9:.1f} GFLOP/s (median). Model FLOPs counted by "
                   "`torch.utils.flop_counter` for one denoiser call, times 10 calls per puzzle. Each figure is the "
                   "median of 5 rounds in which the models take turns; the share pairs each solve with a matmul "
