@@ -160,10 +160,9 @@ def test_vmd_eval_sudoku_table(trained, easy_file):
 
 
 def test_vmd_eval_sudoku_reports_the_latent(tmp_path):
-    from vmd.models import bundled_path
-
     from vmd.checkpoint import load_model
     from vmd.evaluate import latent_stats
+    from vmd.models import bundled_path
 
     rng = random.Random(5)
     pairs = [make_puzzle(rng, 34, 36) for _ in range(6)]
