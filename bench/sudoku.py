@@ -30,7 +30,7 @@ from vmd.checkpoint import load_model
 from vmd.models import bundled_path
 from vmd.sudoku.data import generated_set
 from vmd.sudoku.evaluate import DEFAULT_NFES, DEFAULT_STRATEGIES, accuracy_table
-from vmd.sudoku.solve import solve
+from vmd.sudoku.solve import default_batch_size, solve
 from vmd.sudoku.solver import make_puzzle
 from vmd.tasks.sudoku import to_tokens
 
@@ -67,7 +67,7 @@ def forward_flops(model, batch: int = 64) -> float:
     return counter.get_total_flops() / batch
 
 
-def speed(models, puzzles, rounds: int = 5, nfe: int = 10, batch_size: int = 256) -> tuple[dict, float]:
+def speed(models, puzzles, rounds: int = 5, nfe: int = 10, batch_size: int = default_batch_size("cpu")) -> tuple[dict, float]:
     """Puzzles/s of batched solving and the share of a plain matmul's FLOP/s that it implies.
 
     The machine's speed drifts (shared host), so each solve is paired with a matmul measured
@@ -167,7 +167,7 @@ def write(args, sources, models, nfes, results, perf, mm, gen) -> None:
                       "at temperature 1): " + ", ".join(f"{name} {100 * results[(set_name, name, 'restarts')]:.1f}%"
                                                           for name in models)]
     if perf:
-        lines += ["", "## Solving speed (NFE 10, top-margin, batches of 256, easy puzzles)", "",
+        lines += ["", f"## Solving speed (NFE 10, top-margin, batches of {default_batch_size('cpu')} as `vmd solve` uses on a CPU, 256 easy puzzles)", "",
                   "| model | puzzles/s | GFLOP/s | share of a plain 1024x1024 matmul | lowest-highest round |",
                   "|---|---|---|---|---|"]
         for name, (rate, flops, share, (lo, hi)) in perf.items():

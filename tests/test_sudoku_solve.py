@@ -11,7 +11,7 @@ from vmd import config as C
 from vmd.diffusion import mask_tokens
 from vmd.schedule import make_schedule
 from vmd.sudoku.grid import parse, to_line
-from vmd.sudoku.solve import solve, solved_mask
+from vmd.sudoku.solve import default_batch_size, solve, solved_mask
 from vmd.sudoku.solver import make_puzzle
 from vmd.tasks import make_task
 from vmd.tasks.sudoku import sudoku_layout, to_digits, to_tokens
@@ -122,6 +122,16 @@ def test_solve_keeps_givens_and_a_briefly_trained_model_fills_easy_puzzles(train
     assert torch.equal(result.grids[puzzles > 0], puzzles[puzzles > 0].long())
     assert torch.equal(result.solved, solved_mask(result.grids, puzzles))
     assert result.solved.double().mean() >= 0.5, result.solved  # 5-11 blanks each
+
+
+def test_an_mdm_solves_the_same_whatever_the_batching(trained, easy_file):
+    from vmd.checkpoint import load_model
+
+    model, _, _ = load_model(trained)
+    puzzles = torch.tensor([p.grid for p in parse(easy_file.read_text())])
+    assert default_batch_size("cpu") == 128 and default_batch_size("cuda") == 256
+    default = solve(model, puzzles, nfe=3)  # argmax decoding is deterministic: batches must not matter
+    assert torch.equal(default.grids, solve(model, puzzles, nfe=3, batch_size=3).grids)
 
 
 def test_vmd_solve_cli_formats_and_exit_codes(trained, easy_file, tmp_path):

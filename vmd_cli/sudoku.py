@@ -70,7 +70,7 @@ def solve(
     restarts: int = typer.Option(0, help="Retry each failed puzzle up to K times with fresh z draws."),
     fmt: str = typer.Option("grid", "--format", help="Output: grid (drawn), line (81 characters) or json (one object per line)."),
     seed: int = typer.Option(0, help="Sampling seed."),
-    batch_size: int = typer.Option(256, help="Puzzles per batch."),
+    batch_size: Optional[int] = typer.Option(None, help="Puzzles per batch \\[default: 128 on a CPU, 256 on a GPU]."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or mps \\[default: the model's]."),
 ):
     """Solve every puzzle in FILE; failures are marked, a summary ends the output."""
@@ -81,7 +81,7 @@ def solve(
 
     if fmt not in FORMATS:
         fail(f"unknown --format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    if restarts < 0 or batch_size < 1:
+    if restarts < 0 or (batch_size is not None and batch_size < 1):
         fail("--restarts must be >= 0 and --batch-size >= 1")
     C.from_dict({"sample": {"nfe": nfe, "strategy": strategy}, **({"device": {"device": device}} if device else {})})
     puzzles = read_puzzles(file)
