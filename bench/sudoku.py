@@ -36,6 +36,7 @@ from vmd.tasks.sudoku import to_tokens
 
 ROOT = Path(__file__).resolve().parent.parent
 SETS = {"easy": (30, 36), "hard": (22, 26), "very hard": (17, 21)}
+SPEED_BATCH = default_batch_size("cpu")  # what `vmd solve` uses on a CPU
 TEST_SEED = 12345  # not the training pool's seed
 HAND = "## Reading (written by hand"
 
@@ -67,7 +68,7 @@ def forward_flops(model, batch: int = 64) -> float:
     return counter.get_total_flops() / batch
 
 
-def speed(models, puzzles, rounds: int = 5, nfe: int = 10, batch_size: int = default_batch_size("cpu")) -> tuple[dict, float]:
+def speed(models, puzzles, rounds: int = 5, nfe: int = 10, batch_size: int = SPEED_BATCH) -> tuple[dict, float]:
     """Puzzles/s of batched solving and the share of a plain matmul's FLOP/s that it implies.
 
     The machine's speed drifts (shared host), so each solve is paired with a matmul measured
@@ -167,7 +168,7 @@ def write(args, sources, models, nfes, results, perf, mm, gen) -> None:
                       "at temperature 1): " + ", ".join(f"{name} {100 * results[(set_name, name, 'restarts')]:.1f}%"
                                                           for name in models)]
     if perf:
-        lines += ["", f"## Solving speed (NFE 10, top-margin, batches of {default_batch_size('cpu')} as `vmd solve` uses on a CPU, 256 easy puzzles)", "",
+        lines += ["", f"## Solving speed (NFE 10, top-margin, batches of {SPEED_BATCH} as `vmd solve` uses on a CPU, 256 easy puzzles)", "",
                   "| model | puzzles/s | GFLOP/s | share of a plain 1024x1024 matmul | lowest-highest round |",
                   "|---|---|---|---|---|"]
         for name, (rate, flops, share, (lo, hi)) in perf.items():

@@ -51,7 +51,8 @@ def solve(model, puzzles: torch.Tensor, *, nfe: int = 10, strategy: str = "top-m
     """Solve (n, 81) puzzles (digits, 0 blank). Restarts redraw z for the failures (a VMD); an
     MDM at temperature 0 is deterministic, so its restarts sample at temperature 1 instead.
     ``batch_size`` None: ``default_batch_size(device)``."""
-    batch_size = batch_size or default_batch_size(device)
+    if batch_size is None:
+        batch_size = default_batch_size(device)
     gen = torch.Generator(device=device).manual_seed(seed)
     sched = make_schedule(schedule)
     n = puzzles.shape[0]
