@@ -102,3 +102,22 @@ def test_z_gain_is_zero_for_a_denoiser_that_ignores_z():
     x0, given = make_task(cfg.task).train_batch(512, torch.Generator().manual_seed(0))
     stats = latent_stats(model, x0, given, cfg)
     assert abs(stats["z_gain"]) < 1e-5 and stats["latent_kl"] > 0
+
+
+@pytest.mark.parametrize("flags, layout", [(False, False), (True, False), (True, True)])
+def test_pooled_trunk_without_blocks_matches_the_mean_of_its_outputs(flags, layout):
+    # zero-layer trunks (the synthetic encoder and prior) pool through a (position, token, flag) table
+    from vmd.model.transformer import Trunk
+
+    lay = torch.stack([torch.arange(6) // 2, torch.arange(6) % 2], 1) if layout else None
+    trunk = Trunk(7, 6, 16, 0, 2, flags=2 if flags else 0, layout=lay)
+    for p in trunk.parameters():  # away from the initial values, so that every term shows
+        p.data.normal_()
+    ids, on = torch.randint(0, 7, (50, 6)), torch.rand(50, 6) < 0.5
+    fast = trunk.pooled(ids, flags=on)
+    grads_fast = torch.autograd.grad(fast.pow(2).sum(), list(trunk.parameters()))
+    slow = trunk(ids, flags=on).mean(1)
+    grads_slow = torch.autograd.grad(slow.pow(2).sum(), list(trunk.parameters()))
+    assert torch.allclose(fast, slow, atol=1e-5)
+    for a, b in zip(grads_fast, grads_slow):
+        assert torch.allclose(a, b, atol=1e-4)

@@ -133,15 +133,15 @@ class Mixture:
 
 
 class Pool(nn.Module):
-    """Mean over positions, then a small MLP; with zero transformer layers below it, this alone
-    reads the (position-aware) token embeddings: a cheap encoder or prior."""
+    """A small MLP on the trunk's mean over positions (``Trunk.pooled``); with zero transformer
+    layers below it, this alone reads the (position-aware) token embeddings: a cheap encoder or prior."""
 
     def __init__(self, dim: int):
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU())
 
-    def forward(self, h):
-        return self.mlp(h.mean(dim=1))
+    def forward(self, pooled):
+        return self.mlp(pooled)
 
 
 class Encoder(nn.Module):
@@ -160,7 +160,7 @@ class Encoder(nn.Module):
         self.out.weight.data.mul_(0.1)
 
     def forward(self, x0, masked):
-        h = self.out(self.pool(self.trunk(x0, flags=masked)))
+        h = self.out(self.pool(self.trunk.pooled(x0, flags=masked)))
         if self.classes:
             return Categorical(h.view(-1, *self.classes))
         mu, logvar = h.chunk(2, dim=-1)
@@ -189,7 +189,7 @@ class ConditionalPrior(nn.Module):
             self.out.bias.data[n: n * (1 + self.dg)].copy_(torch.randn(n * self.dg))
 
     def forward(self, xt) -> Mixture | Categorical:
-        h = self.out(self.pool(self.trunk(xt)))
+        h = self.out(self.pool(self.trunk.pooled(xt)))
         b, g, k, dg = h.shape[0], self.g, self.k, self.dg
         if not dg:
             return Categorical(h.view(b, g, k))
