@@ -30,7 +30,13 @@ from vmd.tasks import make_task
 from vmd.train import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
-BIG_BACKBONE = ("model.dim=256", "model.layers=6")
+D1 = ("synthetic-d1-mdm", "synthetic-d1-vmd")
+# (label, (MDM preset, VMD preset), overrides, timed blocks, steps per block) for the step-cost table
+STEP_COSTS = [
+    ("D1 presets (dim 64, 2 layers)", D1, (), 5, 40),
+    ("D1 presets at dim 256, 6 layers", D1, ("model.dim=256", "model.layers=6"), 3, 10),
+    ("Sudoku CPU presets (dim 96, 8 layers; encoder and prior 1 layer)", ("sudoku-mdm-tiny", "sudoku-vmd-tiny"), (), 3, 4),
+]
 FAMILIES = ["2tok", "2tok-nonuniform", "d1", "d2"]
 NFES = [1, 2, 4]
 # method.md §6 (accuracy %, KL), the VMD paper's project page; B=1 is one block, so NFE 1 means all at once
@@ -83,12 +89,12 @@ def bound_check(run_dir: Path, n: int = 20000) -> dict:
     return {"paper_objective": float(out.loss), "nelbo": float(out.nelbo), "entropy": float(-(p * p.log()).sum())}
 
 
-def step_cost_ratio(preset_stem: str, overrides=(), blocks: int = 5, steps: int = 40) -> tuple[float, float, float]:
-    """Seconds per training step of the VMD and the MDM preset, interleaved in one process."""
+def step_cost_ratio(presets: tuple[str, str], overrides=(), blocks: int = 5, steps: int = 40) -> tuple[float, float, float]:
+    """Seconds per training step of an (MDM, VMD) preset pair, interleaved in one process."""
     trainers = {}
     with tempfile.TemporaryDirectory() as d:
-        for method in ("mdm", "vmd"):
-            trainers[method] = Trainer(C.load(f"{preset_stem}-{method}", overrides=list(overrides)), Path(d) / method)
+        for method, preset in zip(("mdm", "vmd"), presets):
+            trainers[method] = Trainer(C.load(preset, overrides=list(overrides)), Path(d) / method)
             for _ in range(5):  # warm-up
                 trainers[method].train_step()
         times = {"mdm": [], "vmd": []}
@@ -167,9 +173,8 @@ def main(argv=None) -> None:
             results[(fam, method, "wall")] = wall_seconds(run_dir)
     bounds = {fam: bound_check(ROOT / "runs" / "bench" / f"synthetic-{fam}-vmd") for fam in args.only}
     costs = {}
-    for label, overrides, blocks, steps in (("preset backbone (dim 64, 2 layers)", (), 5, 40),
-                                            ("dim 256, 6 layers", BIG_BACKBONE, 3, 10)):
-        costs[label] = step_cost_ratio("synthetic-d1", overrides, blocks, steps)
+    for label, presets, overrides, blocks, steps in STEP_COSTS:
+        costs[label] = step_cost_ratio(presets, overrides, blocks, steps)
         mdm_s, vmd_s, ratio = costs[label]
         print(f"step cost, {label}: mdm {1000 * mdm_s:.2f} ms, vmd {1000 * vmd_s:.2f} ms, ratio {ratio:.2f}", flush=True)
     ps = [float(p) for p in args.corr_p.split(",") if p.strip()]
@@ -251,8 +256,8 @@ def report(results, args, cost, corr, png, bounds) -> str:
             lat = (f"{m['latent_kl']:.3f} | {m['active_dims']}/{m['latent_dim']} | {m['z_gain']:.2f}" if "latent_kl" in m
                    else "- | - | -")
             lines.append(f"| synthetic-{fam}-{method} | {cfg.train.steps} | {results[(fam, method, 'wall')]:.0f} | {lat} |")
-    lines += ["", "Training step cost, D1 presets (VMD against MDM on the same backbone), MDM and VMD steps interleaved "
-              "in one process, median over blocks (VADD reports about 1.5):", "",
+    lines += ["", "Training step cost, VMD against MDM on the same backbone, MDM and VMD steps interleaved in one "
+              "process, median over blocks (VADD reports about 1.5):", "",
               "| backbone | MDM ms/step | VMD ms/step | ratio |", "|---|---|---|---|"]
     for label, (mdm_s, vmd_s, ratio) in cost.items():
         lines.append(f"| {label} | {1000 * mdm_s:.1f} | {1000 * vmd_s:.1f} | **{ratio:.2f}** |")
