@@ -103,6 +103,11 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 50
     checkpoint_every: int = 500
+    # start from a trained model (a run directory, a model.safetensors or a bundled name such as
+    # sudoku-mdm) instead of random weights; an MDM into a VMD starts the VMD as exactly that MDM
+    # (vmd/model/adapt.py). freeze_denoiser: then train only the z path, the encoder and the prior
+    init_from: str = ""
+    freeze_denoiser: bool = False
 
 
 @dataclass
@@ -236,6 +241,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.dim ({cfg.model.dim}) must be a multiple of model.heads ({cfg.model.heads})")
     if cfg.latent.kind == "gaussian" and cfg.latent.dim % cfg.latent.groups:
         raise ConfigError(f"latent.dim ({cfg.latent.dim}) must be a multiple of latent.groups ({cfg.latent.groups})")
+    if cfg.train.freeze_denoiser and not (cfg.method == "vmd" and cfg.train.init_from):
+        raise ConfigError("train.freeze_denoiser keeps a trained denoiser fixed: it needs method vmd and train.init_from")
     for part in ("encoder_dim", "prior_dim"):
         if getattr(cfg.latent, part) % cfg.model.heads:
             raise ConfigError(f"latent.{part} must be a multiple of model.heads ({cfg.model.heads})")

@@ -16,7 +16,7 @@ from vmd import checkpoint
 from vmd.config import Config
 from vmd.diffusion import diffusion_loss, kl_weight
 from vmd.errors import CheckpointError, ConfigError, TrainingDiverged
-from vmd.model import build_model, count_parameters
+from vmd.model import adapt, build_model, count_parameters
 from vmd.schedule import make_schedule
 from vmd.tasks import make_task
 
@@ -88,7 +88,8 @@ class Trainer:
         # fused on CPU and CUDA: one kernel per parameter, where the CPU foreach fallback runs a loop
         # of small ops (the synthetic presets train 5-29% faster, docs/results-synthetic.md)
         fused = {"fused": True} if self.device.type in ("cpu", "cuda") else {"foreach": True}
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
+        params = adapt.freeze_denoiser(self.model) if cfg.train.freeze_denoiser else list(self.model.parameters())
+        self.opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
                                      betas=(0.9, 0.99), **fused)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.device.precision == "fp16")
         self.ema = {k: v.detach().clone().float() for k, v in self.model.state_dict().items()} if cfg.train.ema > 0 else None
@@ -103,7 +104,21 @@ class Trainer:
         """A new run in ``run_dir``, which must not hold a run already (nothing is overwritten)."""
         if checkpoint.has_checkpoint(run_dir):
             raise CheckpointError(f"{run_dir} already holds a run; continue it with --resume or choose another --out")
-        return cls(cfg, run_dir, callback)
+        trainer = cls(cfg, run_dir, callback)
+        if cfg.train.init_from:
+            trainer.start_from(cfg.train.init_from)
+        return trainer
+
+    def start_from(self, source: str) -> None:
+        """Replace the initial weights (and the EMA's) with a trained model's (vmd/model/adapt.py)."""
+        try:
+            trained, _, _ = checkpoint.load_model(adapt.source_path(source))
+        except CheckpointError as e:
+            raise CheckpointError(f"train.init_from: {e}") from None
+        adapt.start_from(self.model, trained, source)
+        if self.ema is not None:
+            for k, v in self.model.state_dict().items():
+                self.ema[k].copy_(v)
 
     @classmethod
     def resume(cls, run_dir: Path, overrides: Callable[[Config], Config] | None = None, callback=None) -> "Trainer":

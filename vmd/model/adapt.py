@@ -1,0 +1,80 @@
+"""Starting a run from a trained model's weights (``train.init_from``, method.md §5).
+
+The use that matters is adapting a trained MDM into a VMD. The VMD's denoiser takes the MDM's
+weights; its encoder and prior start fresh; and its z path starts as the identity. The VMD's
+blocks normalise without affine weights, because their adaLN supplies shift and scale. So each
+MDM LayerNorm's weight and bias move into the bias of the adaLN's last layer, whose weight is
+zero at initialisation. Before its first step, the VMD then gives the MDM's logits for every z.
+
+``train.freeze_denoiser`` then trains only what reads or makes z (the adaLN, the encoder and
+the prior). Any gain over the MDM must then come through z.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from torch import nn
+
+from vmd.errors import CheckpointError
+
+_NORM = re.compile(r"trunk\.blocks\.(\d+)\.norm([12])\.(weight|bias)")
+
+
+def is_denoiser(name: str) -> bool:
+    """Whether a parameter belongs to the denoiser proper, not to the z path, encoder or prior."""
+    return (name.startswith("trunk.") and not name.startswith("trunk.cond.")) or name.startswith("head.")
+
+
+def source_path(source: str) -> Path:
+    """``train.init_from`` as a path: a run directory, a model.safetensors file or a bundled name."""
+    from vmd.models import BUNDLED, bundled_path
+
+    return bundled_path(source) if source in BUNDLED else Path(source)
+
+
+def start_from(model: nn.Module, source: nn.Module, where: str) -> None:
+    """Load ``source``'s weights into ``model``: all of them when both are MDMs or both VMDs
+    (same config), or an MDM's denoiser into a VMD as the module docstring says."""
+    src = source.state_dict()
+    if source.has_latent or not model.has_latent:
+        if source.has_latent != model.has_latent:
+            raise CheckpointError(f"train.init_from {where}: a VMD cannot start an MDM (its denoiser reads z)")
+        state = src
+    else:
+        state = dict(model.state_dict())  # encoder, prior and the z path as initialised
+        layers, dim = len(model.trunk.blocks), model.trunk.norm.weight.shape[0]
+        mod_bias = state["trunk.cond.2.bias"].clone().view(layers, 6, dim)  # shift, scale-1, gate-1 per sub-layer
+        for name, value in src.items():
+            norm = _NORM.fullmatch(name)
+            if norm:
+                layer, slot = int(norm[1]), 3 * (int(norm[2]) - 1)
+                if layer >= layers or value.shape != (dim,):
+                    raise CheckpointError(f"train.init_from {where}: {name} does not fit this model "
+                                          f"({layers} layers of width {dim})")
+                mod_bias[layer, slot if norm[3] == "bias" else slot + 1] = value if norm[3] == "bias" else value - 1
+            elif name in state and state[name].shape == value.shape:
+                state[name] = value
+            else:
+                theirs = tuple(value.shape)
+                ours = tuple(state[name].shape) if name in state else "absent"
+                raise CheckpointError(f"train.init_from {where}: {name} is {theirs} there and {ours} here; "
+                                      "the model settings must match the source's")
+        state["trunk.cond.2.bias"] = mod_bias.flatten()
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0] if str(e) else "shapes or names differ"
+        raise CheckpointError(f"train.init_from {where}: weights do not fit this model ({first})") from None
+
+
+def freeze_denoiser(model: nn.Module) -> list[nn.Parameter]:
+    """Stop the denoiser's parameters from training; returns the ones that still train."""
+    trainable = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(not is_denoiser(name))
+        if p.requires_grad:
+            trainable.append(p)
+    return trainable
+
