@@ -6,8 +6,9 @@
 
 For each set (easy 30-36 givens, hard 22-26, very hard 17-21) and model: % solved at
 NFE 1, 2, 3, 5, 10, 20, 50 with each strategy (argmax values), the VMD with --restarts 4 at
-NFE 2, and the batched solving speed at NFE 10 with the FLOP/s it implies, beside a plain
-matrix product's FLOP/s measured beside each solve. Test sets are cached (vmd.sudoku.data).
+NFE 2, why top-margin solves fail at NFE 2, 3 and 5 (two cells filled in one step that break a
+rule, or a cell that breaks one against an earlier cell), and the batched solving speed at NFE 10
+with the FLOP/s it implies, beside a plain matrix product's FLOP/s measured beside each solve. Test sets are cached (vmd.sudoku.data).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from _docs import write_keeping_hand
 from vmd.checkpoint import load_model
 from vmd.models import bundled_path
 from vmd.sudoku.data import generated_set
-from vmd.sudoku.evaluate import DEFAULT_NFES, DEFAULT_STRATEGIES, accuracy_table
+from vmd.sudoku.evaluate import DEFAULT_NFES, DEFAULT_STRATEGIES, accuracy_table, failure_kinds
 from vmd.sudoku.solve import default_batch_size, solve
 from vmd.sudoku.solver import make_puzzle
 from vmd.tasks.sudoku import to_tokens
@@ -38,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SETS = {"easy": (30, 36), "hard": (22, 26), "very hard": (17, 21)}
 SPEED_BATCH = default_batch_size("cpu")  # what `vmd solve` uses on a CPU
 TEST_SEED = 12345  # not the training pool's seed
+FAILURE_NFES = (2, 3, 5)  # where steps are few and failures many
 HAND = "## Reading (written by hand"
 
 
@@ -134,6 +136,11 @@ def main() -> None:
             for name, (model, cfg, _) in models.items():
                 r = solve(model, puzzles, nfe=2, restarts=4, z_policy=cfg.sample.z_policy)
                 results[(set_name, name, "restarts")] = float(r.solved.double().mean())
+        for name, (model, cfg, _) in models.items():  # same solves as the table's top-margin row
+            results[(set_name, name, "failures")] = {
+                nfe: failure_kinds(model, puzzles, nfe=nfe, z_policy=cfg.sample.z_policy,
+                                   schedule=cfg.diffusion.schedule, batch_size=256)
+                for nfe in FAILURE_NFES if nfe in nfes}
     easy, _ = generated_set(max(args.easy, 256), *SETS["easy"], seed=TEST_SEED) if args.easy else (None, None)
     perf, mm = speed(models, easy[:256]) if easy is not None else ({}, matmul_flops())
     gen = {name: generation_rate(*SETS[name], n) for name, n in (("easy", 200), ("hard", 40))}
@@ -167,6 +174,19 @@ def write(args, sources, models, nfes, results, perf, mm, gen) -> None:
             lines += ["", "NFE 2, top-margin, `--restarts 4` (failures retried with fresh z; the MDM's retries sample "
                       "at temperature 1): " + ", ".join(f"{name} {100 * results[(set_name, name, 'restarts')]:.1f}%"
                                                           for name in models)]
+    lines += ["", "## Why solves fail (top-margin, argmax)", "",
+              "A failed grid has two cells with the same digit in a row, column or box. *Same step*: every such "
+              "pair was filled in one step, the inconsistency that a latent shared by one step's cells is meant to "
+              "prevent; *across steps*: some cell contradicts a given or a cell filled in an earlier step. "
+              "Puzzles failed, of the sets above (`vmd.sudoku.evaluate.failure_kinds`).", "",
+              "| set | NFE | " + " | ".join(f"{name} failed | same step | across steps" for name in models) + " |",
+              "|---|---|" + "---|---|---|" * len(models)]
+    for set_name in SETS:
+        for nfe in FAILURE_NFES:
+            kinds = [results.get((set_name, name, "failures"), {}).get(nfe) for name in models]
+            if all(kinds):
+                lines.append(f"| {set_name} | {nfe} | " + " | ".join(
+                    f"{k['failed']} | {k['same_step']} | {k['across_steps']}" for k in kinds) + " |")
     if perf:
         lines += ["", f"## Solving speed (NFE 10, top-margin, batches of {SPEED_BATCH} as `vmd solve` uses on a CPU, 256 easy puzzles)", "",
                   "| model | puzzles/s | GFLOP/s | share of a plain 1024x1024 matmul | lowest-highest round |",

@@ -1,4 +1,5 @@
-"""Sudoku accuracy tables: share of puzzles solved per strategy and NFE, and solving speed."""
+"""Sudoku accuracy tables (share of puzzles solved per strategy and NFE, and solving speed), and
+why solves fail: which broken rules come from cells filled in the same step."""
 
 from __future__ import annotations
 
@@ -7,7 +8,14 @@ from typing import Callable
 
 import torch
 
-from vmd.sudoku.solve import solve
+from vmd.sampling import Step, generate
+from vmd.schedule import make_schedule
+from vmd.sudoku.grid import UNITS
+from vmd.sudoku.solve import default_batch_size, solve, solved_mask
+from vmd.tasks.sudoku import to_digits, to_tokens
+
+# every pair of cells that share a row, column or box, once: (810, 2)
+_PAIRS = torch.tensor(sorted({(a, b) for unit in UNITS for a in unit for b in unit if a < b}))
 
 DEFAULT_NFES = (1, 2, 3, 5, 10, 20, 50)
 DEFAULT_STRATEGIES = ("random", "top-prob", "top-margin")
@@ -30,3 +38,38 @@ def accuracy_table(model, puzzles: torch.Tensor, *, nfes=DEFAULT_NFES, strategie
             acc[strategy][nfe] = float(result.solved.double().mean())
             rate[strategy][nfe] = puzzles.shape[0] / max(seconds, 1e-9)
     return {"accuracy": acc, "puzzles_per_s": rate}
+
+
+def clash_kinds(grids: torch.Tensor, filled_at: torch.Tensor, puzzles: torch.Tensor) -> dict[str, int]:
+    """Sort the unsolved grids by the rules they break. ``filled_at``: (n, 81) the step that filled
+    each cell, 0 for a given. ``same_step``: every pair of cells with the same digit in a row,
+    column or box was filled in one step, the error a latent shared by one step's cells is meant
+    to prevent. ``across_steps``: some pair was not (a cell contradicts a given or an earlier cell)."""
+    a, b = _PAIRS[:, 0], _PAIRS[:, 1]
+    clash = grids[:, a] == grids[:, b]
+    same = clash & (filled_at[:, a] == filled_at[:, b]) & (filled_at[:, a] > 0)
+    failed = ~solved_mask(grids, puzzles)
+    across = failed & (clash & ~same).any(1)
+    return {"failed": int(failed.sum()), "same_step": int((failed & same.any(1) & ~across).sum()),
+            "across_steps": int(across.sum())}
+
+
+@torch.no_grad()
+def failure_kinds(model, puzzles: torch.Tensor, *, nfe: int, strategy: str = "top-margin", seed: int = 0,
+                  z_policy: str = "once", schedule: str = "linear", batch_size: int | None = None,
+                  device="cpu") -> dict[str, int]:
+    """Solve once by argmax (as ``solve`` without restarts) and count the failures by ``clash_kinds``."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    batch_size = batch_size or default_batch_size(device)
+    grids, filled_at = [], []
+    for lo in range(0, puzzles.shape[0], batch_size):
+        filled = torch.zeros(puzzles[lo: lo + batch_size].shape, dtype=torch.long, device=device)
+
+        def keep(step: Step) -> None:
+            filled[step.revealed] = step.index
+
+        x = generate(model, to_tokens(puzzles[lo: lo + batch_size]).to(device), nfe=nfe, strategy=strategy,
+                     temperature=0.0, z_policy=z_policy, schedule=make_schedule(schedule), generator=gen, callback=keep)
+        grids.append(to_digits(x).cpu())
+        filled_at.append(filled.cpu())
+    return clash_kinds(torch.cat(grids), torch.cat(filled_at), puzzles)

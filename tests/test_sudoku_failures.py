@@ -1,0 +1,50 @@
+"""Why solves fail: broken rules between cells filled in one step, or across steps."""
+
+import random
+
+import torch
+
+from vmd.checkpoint import load_model
+from vmd.models import bundled_path
+from vmd.sudoku.evaluate import clash_kinds, failure_kinds
+from vmd.sudoku.solve import solve
+from vmd.sudoku.solver import make_puzzle
+
+SOLUTION = [int(c) for c in "534678912672195348198342567859761423426853791713924856961537284287419635345286179"]
+
+
+def test_clashes_are_sorted_by_the_steps_that_filled_the_cells():
+    solved = torch.tensor([SOLUTION])
+    broken = solved.clone()
+    broken[0, 0] = SOLUTION[1]  # cell 0 repeats cell 1's digit: row 0, and that digit's cells in column 0 and box 0
+    blank = torch.zeros(1, 81, dtype=torch.long)
+    one_step = torch.ones(1, 81, dtype=torch.long)
+    assert clash_kinds(solved, one_step, blank) == {"failed": 0, "same_step": 0, "across_steps": 0}
+    assert clash_kinds(broken, one_step, blank) == {"failed": 1, "same_step": 1, "across_steps": 0}
+    # the same grid, but cell 1 was a given: the clash is with a given, not within a step
+    given = blank.clone()
+    given[0, 1] = SOLUTION[1]
+    with_given = one_step.clone()
+    with_given[0, 1] = 0
+    assert clash_kinds(broken, with_given, given) == {"failed": 1, "same_step": 0, "across_steps": 1}
+    # or cell 0 was filled a step after everything else
+    later = one_step.clone()
+    later[0, 0] = 2
+    assert clash_kinds(broken, later, blank) == {"failed": 1, "same_step": 0, "across_steps": 1}
+    # an incomplete grid that breaks no rule fails, but as neither kind
+    holes = solved.clone()
+    holes[0, 5] = 0
+    assert clash_kinds(holes, one_step, blank) == {"failed": 1, "same_step": 0, "across_steps": 0}
+
+
+def test_failure_kinds_count_the_failures_that_solve_reports():
+    rng = random.Random(3)
+    puzzles = torch.tensor([make_puzzle(rng, 30, 36)[0] for _ in range(24)])
+    model, cfg, _ = load_model(bundled_path("sudoku-mdm"))
+    failed = {}
+    for nfe in (1, 2):
+        kinds = failure_kinds(model, puzzles, nfe=nfe, batch_size=16)
+        failed[nfe] = int((~solve(model, puzzles, nfe=nfe, batch_size=16).solved).sum())
+        assert kinds["failed"] == failed[nfe]
+        assert kinds["same_step"] + kinds["across_steps"] == failed[nfe]  # every cell is filled: a failure breaks a rule
+    assert failed[1] > 0  # at NFE 1 the bundled MDM fails about half of easy puzzles (docs/results-sudoku.md)
