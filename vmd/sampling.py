@@ -97,20 +97,21 @@ def scores(logits, strategy: str, generator=None):
 
 @torch.no_grad()
 def generate(model, x: torch.Tensor, *, nfe: int, strategy: str = "random", temperature: float = 1.0,
-             z_policy: str = "once", schedule: Schedule | None = None, generator=None,
+             z_policy: "str | DrawOnce" = "once", schedule: Schedule | None = None, generator=None,
              z: torch.Tensor | None = None, callback: Callable[[Step], None] | None = None) -> torch.Tensor:
     """Fill every position of ``x`` that holds the mask id; return the completed sequences.
 
-    ``z`` fixes the starting latent (for a VMD); otherwise the policy draws it.
+    ``z`` fixes the starting latent (for a VMD); otherwise the policy draws it. ``z_policy``: a
+    name from ``Z_POLICIES`` or a policy object (``start`` and ``step`` as ``DrawOnce`` has).
     """
     if nfe < 1:
         raise ValueError(f"nfe must be >= 1, got {nfe}")
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy '{strategy}'; choose one of {', '.join(STRATEGIES)}")
-    if z_policy not in Z_POLICIES:
+    if isinstance(z_policy, str) and z_policy not in Z_POLICIES:
         raise ValueError(f"unknown z policy '{z_policy}'; choose one of {', '.join(Z_POLICIES)}")
     schedule = schedule or LinearSchedule()
-    policy = Z_POLICIES[z_policy]()
+    policy = Z_POLICIES[z_policy]() if isinstance(z_policy, str) else z_policy
     x = x.clone()
     start = (x == model.mask_id).sum(1)
     if z is None:

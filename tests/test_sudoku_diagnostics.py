@@ -1,4 +1,5 @@
-"""Why solves fail: broken rules between cells filled in one step, or across steps."""
+"""Sudoku diagnostics: why solves fail (rules broken within a step or across steps), and solving
+with z given the solution."""
 
 import random
 
@@ -6,9 +7,10 @@ import torch
 
 from vmd.checkpoint import load_model
 from vmd.models import bundled_path
-from vmd.sudoku.evaluate import clash_kinds, failure_kinds
+from vmd.sudoku.evaluate import clash_kinds, failure_kinds, known_solution_accuracy
 from vmd.sudoku.solve import solve
 from vmd.sudoku.solver import make_puzzle
+from vmd.tasks.sudoku import to_tokens
 
 SOLUTION = [int(c) for c in "534678912672195348198342567859761423426853791713924856961537284287419635345286179"]
 
@@ -48,3 +50,27 @@ def test_failure_kinds_count_the_failures_that_solve_reports():
         assert kinds["failed"] == failed[nfe]
         assert kinds["same_step"] + kinds["across_steps"] == failed[nfe]  # every cell is filled: a failure breaks a rule
     assert failed[1] > 0  # at NFE 1 the bundled MDM fails about half of easy puzzles (docs/results-sudoku.md)
+
+
+def test_known_solution_z_is_encoded_from_the_answer_and_the_current_mask():
+    rng = random.Random(5)
+    pairs = [make_puzzle(rng, 30, 36) for _ in range(4)]
+    puzzles, solutions = torch.tensor([p for p, _ in pairs]), torch.tensor([s for _, s in pairs])
+    model, _, _ = load_model(bundled_path("sudoku-vmd"))
+    seen = []
+    encode = model.encode
+
+    def spy(x0, masked):
+        seen.append((x0.clone(), masked.clone()))
+        return encode(x0, masked)
+
+    model.encode = spy
+    share = known_solution_accuracy(model, puzzles, solutions, nfe=3, batch_size=4)
+    assert 0.0 <= share <= 1.0
+    assert len(seen) == 3  # once before each step
+    for x0, _ in seen:
+        assert torch.equal(x0, to_tokens(solutions))
+    masks = [m for _, m in seen]
+    assert torch.equal(masks[0], puzzles == 0)  # the blanks of the puzzle first, then fewer each step
+    assert (masks[1] <= masks[0]).all() and masks[1].sum() < masks[0].sum()
+    assert (masks[2] <= masks[1]).all() and masks[2].sum() < masks[1].sum()
