@@ -9,7 +9,8 @@ NFE 1, 2, 3, 5, 10, 20, 50 with each strategy (argmax values); for the VMD also 
 guided z and with z from the encoder given the solution (a bound on what z can add); --restarts 4
 at NFE 2, why top-margin solves fail at NFE 2, 3 and 5 (two cells filled in one step that break a
 rule, or a cell that breaks one against an earlier cell), and the batched solving speed at NFE 10
-with the FLOP/s it implies, beside a plain matrix product's FLOP/s measured beside each solve. Test sets are cached (vmd.sudoku.data).
+with the FLOP/s it implies, beside a plain matrix product's FLOP/s measured beside each solve.
+Test sets are cached (vmd.sudoku.data).
 """
 
 from __future__ import annotations

@@ -107,12 +107,14 @@ def read_meta(run_dir: Path) -> dict:
         return {}
 
 
-def _load_into(module: torch.nn.Module, state: dict, where: Path) -> None:
+def load_weights(module: torch.nn.Module, state: dict, where,
+                 problem: str = "weights do not match the saved config") -> None:
+    """``module.load_state_dict(state, strict=True)``, a mismatch raised as one CheckpointError line."""
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as e:
         first = str(e).splitlines()[0] if str(e) else "shapes or names differ"
-        raise CheckpointError(f"{where}: weights do not match the saved config ({first})") from e
+        raise CheckpointError(f"{where}: {problem} ({first})") from e
 
 
 def load_model(run_dir: Path, device="cpu"):
@@ -128,7 +130,7 @@ def load_model(run_dir: Path, device="cpu"):
     cfg = C.load_yaml_text(header["config"])
     task = make_task(cfg.task)
     model = build_model(cfg, task.vocab, task.length, task.layout)
-    _load_into(model, tensors, path)
+    load_weights(model, tensors, path)
     return model.to(device).eval(), cfg, int(header["step"])
 
 
@@ -161,4 +163,4 @@ def load_train_state(run_dir: Path) -> dict:
 
 
 def load_into(module: torch.nn.Module, state: dict, run_dir: Path) -> None:
-    _load_into(module, state, Path(run_dir) / STATE_FILE)
+    load_weights(module, state, Path(run_dir) / STATE_FILE)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from torch import nn
 
+from vmd.checkpoint import load_weights
 from vmd.errors import CheckpointError
 
 _NORM = re.compile(r"trunk\.blocks\.(\d+)\.norm([12])\.(weight|bias)")
@@ -62,11 +63,7 @@ def start_from(model: nn.Module, source: nn.Module, where: str) -> None:
                 raise CheckpointError(f"train.init_from {where}: {name} is {theirs} there and {ours} here; "
                                       "the model settings must match the source's")
         state["trunk.cond.2.bias"] = mod_bias.flatten()
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        first = str(e).splitlines()[0] if str(e) else "shapes or names differ"
-        raise CheckpointError(f"train.init_from {where}: weights do not fit this model ({first})") from None
+    load_weights(model, state, f"train.init_from {where}", "weights do not fit this model")
 
 
 def freeze_denoiser(model: nn.Module) -> list[nn.Parameter]:
@@ -77,4 +74,3 @@ def freeze_denoiser(model: nn.Module) -> list[nn.Parameter]:
         if p.requires_grad:
             trainable.append(p)
     return trainable
-

@@ -55,24 +55,37 @@ def clash_kinds(grids: torch.Tensor, filled_at: torch.Tensor, puzzles: torch.Ten
 
 
 @torch.no_grad()
+def _solve_once(model, puzzles: torch.Tensor, *, nfe: int, strategy: str, z_policy, schedule: str,
+                batch_size: int | None, device, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One argmax solve of every puzzle in batches, as ``solve`` without restarts: (grids, filled_at),
+    ``filled_at`` the step that filled each cell (0 for a given). ``z_policy``: a name, or a
+    function of a batch's slice that returns a policy object."""
+    batch_size = batch_size or default_batch_size(device)
+    sched = make_schedule(schedule)
+    grids, filled_at = [], []
+    for lo in range(0, puzzles.shape[0], batch_size):
+        rows = slice(lo, lo + batch_size)
+        filled = torch.zeros(puzzles[rows].shape, dtype=torch.long, device=device)
+
+        def keep(step: Step) -> None:
+            filled[step.revealed] = step.index
+
+        x = generate(model, to_tokens(puzzles[rows]).to(device), nfe=nfe, strategy=strategy, temperature=0.0,
+                     z_policy=z_policy if isinstance(z_policy, str) else z_policy(rows), schedule=sched,
+                     generator=generator, callback=keep)
+        grids.append(to_digits(x).cpu())
+        filled_at.append(filled.cpu())
+    return torch.cat(grids), torch.cat(filled_at)
+
+
 def failure_kinds(model, puzzles: torch.Tensor, *, nfe: int, strategy: str = "top-margin", seed: int = 0,
                   z_policy: str = "once", schedule: str = "linear", batch_size: int | None = None,
                   device="cpu") -> dict[str, int]:
     """Solve once by argmax (as ``solve`` without restarts) and count the failures by ``clash_kinds``."""
     gen = torch.Generator(device=device).manual_seed(seed)
-    batch_size = batch_size or default_batch_size(device)
-    grids, filled_at = [], []
-    for lo in range(0, puzzles.shape[0], batch_size):
-        filled = torch.zeros(puzzles[lo: lo + batch_size].shape, dtype=torch.long, device=device)
-
-        def keep(step: Step) -> None:
-            filled[step.revealed] = step.index
-
-        x = generate(model, to_tokens(puzzles[lo: lo + batch_size]).to(device), nfe=nfe, strategy=strategy,
-                     temperature=0.0, z_policy=z_policy, schedule=make_schedule(schedule), generator=gen, callback=keep)
-        grids.append(to_digits(x).cpu())
-        filled_at.append(filled.cpu())
-    return clash_kinds(torch.cat(grids), torch.cat(filled_at), puzzles)
+    grids, filled_at = _solve_once(model, puzzles, nfe=nfe, strategy=strategy, z_policy=z_policy, schedule=schedule,
+                                   batch_size=batch_size, device=device, generator=gen)
+    return clash_kinds(grids, filled_at, puzzles)
 
 
 class KnownSolution(DrawOnce):
@@ -90,16 +103,10 @@ class KnownSolution(DrawOnce):
         return self.start(model, x, generator)
 
 
-@torch.no_grad()
 def known_solution_accuracy(model, puzzles: torch.Tensor, solutions: torch.Tensor, *, nfe: int,
                             strategy: str = "top-margin", schedule: str = "linear", batch_size: int | None = None,
                             device="cpu") -> float:
     """Share of puzzles a VMD solves by argmax when z comes from ``KnownSolution``."""
-    batch_size = batch_size or default_batch_size(device)
-    solved = []
-    for lo in range(0, puzzles.shape[0], batch_size):
-        p, s = puzzles[lo: lo + batch_size], solutions[lo: lo + batch_size]
-        x = generate(model, to_tokens(p).to(device), nfe=nfe, strategy=strategy, temperature=0.0,
-                     z_policy=KnownSolution(to_tokens(s).to(device)), schedule=make_schedule(schedule))
-        solved.append(solved_mask(to_digits(x).cpu(), p))
-    return float(torch.cat(solved).double().mean())
+    grids, _ = _solve_once(model, puzzles, nfe=nfe, strategy=strategy, schedule=schedule, batch_size=batch_size,
+                           device=device, z_policy=lambda rows: KnownSolution(to_tokens(solutions[rows]).to(device)))
+    return float(solved_mask(grids, puzzles).double().mean())
