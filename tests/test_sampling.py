@@ -98,6 +98,18 @@ def test_top_margin_and_top_prob_pick_the_most_confident_positions():
     assert [int(s.revealed[0].nonzero()) for s in steps][1] == 0  # then 0.50
 
 
+def test_order_noise_draws_the_order_by_plackett_luce_on_the_scores():
+    probs = torch.tensor([[0.8, 0.1, 0.1], [0.4, 0.3, 0.3]]).log()  # top-prob scores 0.8 and 0.4
+    model, x = FixedLogits(probs), torch.full((20000, 2), 3)
+    gen = torch.Generator().manual_seed(0)
+    _, steps = record(model, x, nfe=2, strategy="top-prob", temperature=0, generator=gen)
+    assert steps[0].revealed[:, 0].all()  # no noise: the most confident always goes first
+    _, steps = record(model, x, nfe=2, strategy="top-prob", temperature=0, generator=gen, order_noise=0.5)
+    first = steps[0].revealed[:, 0].double().mean()
+    assert abs(first - 0.8 ** 2 / (0.8 ** 2 + 0.4 ** 2)) < 0.015  # weights score ** (1 / noise): 0.8
+    assert (steps[-1].x == 0).all()  # the values stay argmax
+
+
 def test_gumbel_draws_follow_the_softmax_and_argmax_at_zero_temperature():
     logits = torch.tensor([[[0.0, 1.0, 2.0]]]).expand(1, 20000, 3)
     gen = torch.Generator().manual_seed(0)

@@ -124,6 +124,22 @@ def test_solve_keeps_givens_and_a_briefly_trained_model_fills_easy_puzzles(train
     assert result.solved.double().mean() >= 0.5, result.solved  # 5-11 blanks each
 
 
+def test_restarts_of_an_mdm_take_another_path_and_solve_more(trained):
+    from vmd.checkpoint import load_model
+
+    model, _, _ = load_model(trained)
+    rng = random.Random(3)
+    puzzles = torch.tensor([make_puzzle(rng, 70, 76)[0] for _ in range(40)])  # 9 of 40 solved at first
+    once = solve(model, puzzles, nfe=3)
+    again = solve(model, puzzles, nfe=3, restarts=3, seed=1)
+    retried = ~once.solved
+    assert 0 < retried.sum() < len(puzzles) and torch.equal(again.solved[once.solved], once.solved[once.solved])
+    assert (again.attempts[retried] > 1).all() and (again.attempts[once.solved] == 1).all()
+    # argmax values, but a perturbed order: the retries do not repeat the first attempt
+    assert (again.grids[retried] != once.grids[retried]).any(1).double().mean() > 0.5
+    assert again.solved.sum() > once.solved.sum()
+
+
 def test_an_mdm_solves_the_same_whatever_the_batching(trained, easy_file):
     from vmd.checkpoint import load_model
 

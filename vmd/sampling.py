@@ -4,6 +4,8 @@ Each step asks the denoiser for logits, decides how many masked positions to rev
 (so many that the expected share still masked follows 1 - alpha_t, all of them after
 the last step), picks which (``random``, ``top-prob`` or ``top-margin``) and what value
 (argmax, or a float64 Gumbel-max draw at a temperature). Given positions never change.
+``order_noise`` perturbs which positions go first (Gumbel noise on the log-scores), so that
+a retry of a failed solve takes a different path even where the values stay argmax.
 Where the latent comes from is one small pluggable policy.
 """
 
@@ -82,8 +84,13 @@ def choose_values(logits, temperature: float, generator=None):
     return (logits / temperature + gumbel_noise(logits, generator)).argmax(-1)
 
 
-def scores(logits, strategy: str, generator=None):
-    """How much each position wants to be revealed now (higher first)."""
+def scores(logits, strategy: str, generator=None, noise: float = 0.0):
+    """How much each position wants to be revealed now (higher first). ``noise`` > 0 ranks by
+    log(score) + noise * Gumbel instead: a Plackett-Luce draw of the order at temperature
+    ``noise``, which keeps the most confident positions likely first."""
+    if noise and strategy != "random":
+        s = scores(logits, strategy, generator)
+        return s.clamp_min(torch.finfo(s.dtype).tiny).log() + noise * gumbel_noise(s, generator)
     if strategy == "random":
         return torch.rand(logits.shape[:2], generator=generator, device=logits.device, dtype=torch.float64)
     probs = torch.softmax(logits.double(), -1)
@@ -98,7 +105,7 @@ def scores(logits, strategy: str, generator=None):
 @torch.no_grad()
 def generate(model, x: torch.Tensor, *, nfe: int, strategy: str = "random", temperature: float = 1.0,
              z_policy: "str | DrawOnce" = "once", schedule: Schedule | None = None, generator=None,
-             z: torch.Tensor | None = None, callback: Callable[[Step], None] | None = None) -> torch.Tensor:
+             z: torch.Tensor | None = None, order_noise: float = 0.0, callback: Callable[[Step], None] | None = None) -> torch.Tensor:
     """Fill every position of ``x`` that holds the mask id; return the completed sequences.
 
     ``z`` fixes the starting latent (for a VMD); otherwise the policy draws it. ``z_policy``: a
@@ -123,7 +130,7 @@ def generate(model, x: torch.Tensor, *, nfe: int, strategy: str = "random", temp
         n = unmask_counts(masked.sum(1), start, 1.0 - (k + 1) / nfe, schedule)
         logits = model(x, z)
         values = choose_values(logits, temperature, generator)
-        score = scores(logits, strategy, generator).masked_fill(~masked, float("-inf"))
+        score = scores(logits, strategy, generator, order_noise).masked_fill(~masked, float("-inf"))
         rank = torch.empty_like(x)
         order = score.argsort(dim=1, descending=True)
         rank.scatter_(1, order, torch.arange(x.shape[1], device=x.device).expand_as(x))

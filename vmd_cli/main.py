@@ -149,7 +149,7 @@ def eval_cmd(
                                            "\\[Sudoku: a list, default all three]."),
     data: Optional[str] = typer.Option(None, help="Sudoku: a puzzle file to score on \\[default: a generated test set]."),
     givens: str = typer.Option("30-36", help="Sudoku: the givens range LO-HI of the generated test set."),
-    restarts: int = typer.Option(0, help="Sudoku: retry failed puzzles with fresh z draws, up to K times."),
+    restarts: int = typer.Option(0, help="Sudoku: retry failed puzzles up to K times, with fresh z draws and a perturbed fill order."),
     temperature: Optional[float] = typer.Option(None, help="Sampling temperature; 0 is argmax."),
     z_policy: Optional[str] = typer.Option(None, "--z-policy", help="VMD latent: once (drawn at the start), step (redrawn every step) or posterior (from the encoder given the last predictions)."),
     samples: Optional[int] = typer.Option(None, help="How many samples to score \\[default: the run's, 50000]."),

@@ -67,7 +67,7 @@ def solve(
     nfe: int = typer.Option(10, help="Denoiser calls per puzzle."),
     strategy: str = typer.Option("top-margin", help="Which cells to fill first: random, top-prob, top-margin."),
     model: Optional[Path] = typer.Option(None, help="A run directory from vmd train \\[default: the bundled VMD]."),
-    restarts: int = typer.Option(0, help="Retry each failed puzzle up to K times with fresh z draws."),
+    restarts: int = typer.Option(0, help="Retry each failed puzzle up to K times, with fresh z draws and a perturbed fill order."),
     fmt: str = typer.Option("grid", "--format", help="Output: grid (drawn), line (81 characters) or json (one object per line)."),
     seed: int = typer.Option(0, help="Sampling seed."),
     batch_size: Optional[int] = typer.Option(None, help="Puzzles per batch \\[default: 128 on a CPU, 256 on a GPU]."),
