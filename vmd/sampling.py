@@ -105,7 +105,8 @@ def scores(logits, strategy: str, generator=None, noise: float = 0.0):
 @torch.no_grad()
 def generate(model, x: torch.Tensor, *, nfe: int, strategy: str = "random", temperature: float = 1.0,
              z_policy: "str | DrawOnce" = "once", schedule: Schedule | None = None, generator=None,
-             z: torch.Tensor | None = None, order_noise: float = 0.0, callback: Callable[[Step], None] | None = None) -> torch.Tensor:
+             z: torch.Tensor | None = None, order_noise: float = 0.0,
+             callback: Callable[[Step], None] | None = None) -> torch.Tensor:
     """Fill every position of ``x`` that holds the mask id; return the completed sequences.
 
     ``z`` fixes the starting latent (for a VMD); otherwise the policy draws it. ``z_policy``: a
