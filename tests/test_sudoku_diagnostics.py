@@ -49,7 +49,7 @@ def test_failure_kinds_count_the_failures_that_solve_reports():
         failed[nfe] = int((~solve(model, puzzles, nfe=nfe, batch_size=16).solved).sum())
         assert kinds["failed"] == failed[nfe]
         assert kinds["same_step"] + kinds["across_steps"] == failed[nfe]  # every cell is filled: a failure breaks a rule
-    assert failed[1] > 0  # at NFE 1 the bundled MDM fails about half of easy puzzles (docs/results-sudoku.md)
+    assert failed[1] > 0  # at NFE 1 the bundled MDM fails about 40% of easy puzzles (docs/results-sudoku.md)
 
 
 def test_known_solution_z_is_encoded_from_the_answer_and_the_current_mask():

@@ -46,7 +46,7 @@ class SolveResult:
 
 def default_batch_size(device) -> int:
     """Puzzles per batch: 128 on a CPU, where a batch's activations then stay in cache (on a 2-core
-    x86_64 CPU, NFE 10: 1.17-1.37x the puzzles/s of batches of 256, docs/results-sudoku.md); 256 elsewhere."""
+    x86_64 CPU, NFE 10: 1.17-1.37x the puzzles/s of batches of 256, docs/sudoku-history.md); 256 elsewhere."""
     return 128 if torch.device(device).type == "cpu" else 256
 
 
