@@ -8,8 +8,9 @@ For each set (easy 30-36 givens, hard 22-26, very hard 17-21) and model: % solve
 NFE 1, 2, 3, 5, 10, 20, 50 with each strategy (argmax values); for the VMD also with posterior-
 guided z and with z from the encoder given the solution (a bound on what z can add); --restarts 4
 at NFE 2, 10 and 20; why top-margin solves fail at NFE 2, 3 and 5 (two cells filled in one step
-that break a rule, or a cell that breaks one against an earlier cell); the batched solving speed at NFE 10
-with the FLOP/s it implies, beside a plain matrix product's FLOP/s measured beside each solve.
+that break a rule, or a cell that breaks one against an earlier cell); the batched solving speed
+at NFE 10 with the FLOP/s it implies, beside a plain matrix product's FLOP/s measured beside each
+solve.
 Test sets are cached (vmd.sudoku.data).
 """
 
@@ -144,8 +145,7 @@ def main() -> None:
                 nfe: float(solve(model, puzzles, nfe=nfe, restarts=4, z_policy=cfg.sample.z_policy,
                                  schedule=cfg.diffusion.schedule).solved.double().mean())
                 for nfe in RESTART_NFES if nfe in nfes}
-        for name, (model, cfg, _) in models.items():  # same solves as the table's top-margin row
-            results[(set_name, name, "failures")] = {
+            results[(set_name, name, "failures")] = {  # same solves as the table's top-margin row
                 nfe: failure_kinds(model, puzzles, nfe=nfe, z_policy=cfg.sample.z_policy,
                                    schedule=cfg.diffusion.schedule, batch_size=256)
                 for nfe in FAILURE_NFES if nfe in nfes}

@@ -87,7 +87,8 @@ def choose_values(logits, temperature: float, generator=None):
 def scores(logits, strategy: str, generator=None, noise: float = 0.0):
     """How much each position wants to be revealed now (higher first). ``noise`` > 0 ranks by
     log(score) + noise * Gumbel instead: a Plackett-Luce draw of the order at temperature
-    ``noise``, which keeps the most confident positions likely first."""
+    ``noise``, which keeps the most confident positions likely first (``random`` ignores it: its
+    order is drawn afresh anyway)."""
     if noise and strategy != "random":
         s = scores(logits, strategy, generator)
         return s.clamp_min(torch.finfo(s.dtype).tiny).log() + noise * gumbel_noise(s, generator)

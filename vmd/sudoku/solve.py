@@ -20,9 +20,10 @@ from vmd.tasks.sudoku import to_digits, to_tokens
 
 _UNITS = torch.tensor(UNITS)  # (27, 9) cell indices
 # Retries rank the cells by log(score) + RESTART_ORDER_NOISE * Gumbel. A fresh z alone barely
-# changes a collapsed VMD's solve, nor temperature-1 values an MDM's; a new order does (bundled
-# models, top-margin, --restarts 4, NFE 10 on 100 hard puzzles: 81 -> 90%, where fresh z or
-# temperature 1 gave 81-82%; 0.25 and 1.0 did worse than 0.5; docs/results-sudoku.md).
+# changes a collapsed VMD's solve, nor temperature-1 values an MDM's; a new order does (the
+# 8000-step bundled models, top-margin, --restarts 4, NFE 10 on 100 hard puzzles: 81 -> 90%,
+# where fresh z or temperature 1 gave 81-82%; 0.25 did worse than 0.5, and 1.0 and 2.0 did
+# worse at easy NFE 2; docs/results-sudoku.md).
 RESTART_ORDER_NOISE = 0.5
 
 
