@@ -86,21 +86,25 @@ def test_relation_bias_lets_attention_see_only_a_cells_peers():
 
 
 def test_cpu_biased_attention_matches_sdpa_in_values_and_gradients():
-    """The CPU path for a float bias (plain bmm + in-place add + softmax) is SDPA's result."""
+    """The CPU path for a float bias (per head a baddbmm + softmax + bmm on strided views of the
+    fused projection) is SDPA's result on the same projection, split into heads."""
     import torch.nn.functional as F
     from vmd.model.transformer import _biased_attention
 
     torch.manual_seed(0)
-    q, k, v = (torch.randn(3, 4, 81, 8, requires_grad=True) for _ in range(3))
-    bias = torch.randn(4, 81, 81, requires_grad=True)
-    ours, ref = _biased_attention(q, k, v, bias, 0.0), F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    b, n, heads, d = 3, 81, 4, 8
+    qkv = torch.randn(b, n, 3 * heads * d, requires_grad=True)
+    bias = torch.randn(heads, n, n, requires_grad=True)
+    ours = _biased_attention(qkv, heads, bias, 0.0)
+    q, k, v = qkv.view(b, n, 3, heads, d).permute(2, 0, 3, 1, 4)
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=bias).transpose(1, 2).reshape(b, n, heads * d)
     assert torch.allclose(ours, ref, atol=1e-5)
     g = torch.randn_like(ref)
-    grads = torch.autograd.grad((ours * g).sum(), (q, k, v, bias))
-    ref_grads = torch.autograd.grad((ref * g).sum(), (q, k, v, bias))
-    for a, b in zip(grads, ref_grads):
-        assert torch.allclose(a, b, atol=1e-4)
-    dropped = _biased_attention(q, k, v, bias, 0.5)  # dropout acts: not the dropout-free result
+    grads = torch.autograd.grad((ours * g).sum(), (qkv, bias))
+    ref_grads = torch.autograd.grad((ref * g).sum(), (qkv, bias))
+    for a, b_ in zip(grads, ref_grads):
+        assert torch.allclose(a, b_, atol=1e-4)
+    dropped = _biased_attention(qkv, heads, bias, 0.5)  # dropout acts: not the dropout-free result
     assert not torch.allclose(dropped, ours, atol=1e-3)
 
 
