@@ -21,7 +21,8 @@ def build(cfg):
     return build_model(cfg, task.vocab, task.length, task.layout), task
 
 
-@pytest.mark.parametrize("sections", [{}, SUDOKU], ids=["synthetic", "sudoku"])
+@pytest.mark.parametrize("sections", [{}, SUDOKU, {"latent": {"adaln": "linear"}}],
+                         ids=["synthetic", "sudoku", "linear-adaln"])
 def test_vmd_started_from_an_mdm_gives_the_mdms_logits_for_every_z(sections):
     mdm, task = build(tiny("mdm", **sections))
     with torch.no_grad():  # LayerNorm weights away from (1, 0), so that folding them into the adaLN is tested

@@ -72,6 +72,10 @@ class LatentConfig:
     beta: float = 1.0
     kl_warmup_steps: int = 0
     free_bits: float = 0.0
+    # how z becomes each block's adaLN shift, scale and gate: mlp (Linear-SiLU-Linear of z, as in
+    # DiT and VADD) or linear (one linear map of z: for short sequences, where this per-sequence
+    # readout costs as much as the denoiser's per-token work; docs/results-synthetic.md)
+    adaln: Literal["mlp", "linear"] = "mlp"
 
 
 @dataclass

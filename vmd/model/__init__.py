@@ -26,7 +26,8 @@ class MaskedDiffusionModel(nn.Module):
         self.latent_dim = 0 if cfg.method != "vmd" else lat.groups * lat.components if categorical else lat.dim
         self.encoder_sees_mask = lat.encoder_sees_mask
         self.trunk = Trunk(vocab + 1, length, m.dim, m.layers, m.heads, m.mlp_ratio, m.dropout,
-                           cond_dim=self.latent_dim, layout=layout, relation_bias=m.relation_bias)
+                           cond_dim=self.latent_dim, layout=layout, relation_bias=m.relation_bias,
+                           cond_mlp=lat.adaln == "mlp")
         self.head = nn.Linear(m.dim, vocab)
         self.encoder = self.prior_net = self.classes = None
         if self.latent_dim:

@@ -46,7 +46,8 @@ def start_from(model: nn.Module, source: nn.Module, where: str) -> None:
     else:
         state = dict(model.state_dict())  # encoder, prior and the z path as initialised
         layers, dim = len(model.trunk.blocks), model.trunk.norm.weight.shape[0]
-        mod_bias = state["trunk.cond.2.bias"].clone().view(layers, 6, dim)  # shift, scale-1, gate-1 per sub-layer
+        out_bias = [k for k in state if k.startswith("trunk.cond.") and k.endswith("bias")][-1]  # the readout's last layer
+        mod_bias = state[out_bias].clone().view(layers, 6, dim)  # shift, scale-1, gate-1 per sub-layer
         for name, value in src.items():
             norm = _NORM.fullmatch(name)
             if norm:
@@ -62,7 +63,7 @@ def start_from(model: nn.Module, source: nn.Module, where: str) -> None:
                 ours = tuple(state[name].shape) if name in state else "absent"
                 raise CheckpointError(f"train.init_from {where}: {name} is {theirs} there and {ours} here; "
                                       "the model settings must match the source's")
-        state["trunk.cond.2.bias"] = mod_bias.flatten()
+        state[out_bias] = mod_bias.flatten()
     load_weights(model, state, f"train.init_from {where}", "weights do not fit this model")
 
 

@@ -4,8 +4,8 @@ One ``Trunk`` serves the denoiser f(xt, z), the encoder q(z | x0, xt) and the
 conditional prior p(z | xt): token and position embeddings, pre-norm blocks and a
 final norm. With ``cond_dim > 0`` every block's norms take a shift and a scale (and
 each residual branch a gate) from the conditioning vector (adaLN, as in VADD/DiT);
-one MLP computes the modulation of all blocks at once, and it starts at zero, so at
-initialisation the blocks are plain blocks.
+one MLP (or with ``cond_mlp=False`` one linear map) computes the modulation of all
+blocks at once, and it starts at zero, so at initialisation the blocks are plain blocks.
 
 With a ``layout`` and ``relation_bias``, attention also knows how two positions relate:
 each pair gets a relation id from the layout features the two share (for Sudoku: same
@@ -90,7 +90,7 @@ class Trunk(nn.Module):
 
     def __init__(self, tokens: int, length: int, dim: int, layers: int, heads: int,
                  mlp_ratio: int = 4, dropout: float = 0.0, cond_dim: int = 0, flags: int = 0,
-                 layout: torch.Tensor | None = None, relation_bias: bool = False):
+                 layout: torch.Tensor | None = None, relation_bias: bool = False, cond_mlp: bool = True):
         super().__init__()
         self.tok = nn.Embedding(tokens, dim)
         # tokens and positions start at the same small scale (GPT-2's 0.02): with torch's N(0, 1)
@@ -109,9 +109,10 @@ class Trunk(nn.Module):
         self.flag = nn.Embedding(2, dim) if flags else None
         self.cond = None
         if cond_dim:
-            self.cond = nn.Sequential(nn.Linear(cond_dim, dim), nn.SiLU(), nn.Linear(dim, layers * 6 * dim))
-            nn.init.zeros_(self.cond[-1].weight)
-            nn.init.zeros_(self.cond[-1].bias)
+            out = nn.Linear(dim if cond_mlp else cond_dim, layers * 6 * dim)
+            nn.init.zeros_(out.weight)
+            nn.init.zeros_(out.bias)
+            self.cond = nn.Sequential(nn.Linear(cond_dim, dim), nn.SiLU(), out) if cond_mlp else out
         self.relation_logits = None
         if relation_bias:
             if layout is None:
