@@ -46,9 +46,10 @@ class SolveResult:
 
 
 def default_batch_size(device) -> int:
-    """Puzzles per batch: 128 on a CPU, where a batch's activations then stay in cache (on a 2-core
-    x86_64 CPU, NFE 10: 1.17-1.37x the puzzles/s of batches of 256, docs/sudoku-history.md); 256 elsewhere."""
-    return 128 if torch.device(device).type == "cpu" else 256
+    """Puzzles per batch: 64 on a CPU, where a batch's activations then stay near the cores' caches
+    (bundled models, 256 easy puzzles, NFE 10, docs/sudoku-history.md: on a 2-core AMD host 64 and
+    128 tie and 256 is 1.17-1.37x slower; on a 2-core Xeon 64 is 1.07-1.12x 128's rate); 256 elsewhere."""
+    return 64 if torch.device(device).type == "cpu" else 256
 
 
 @torch.no_grad()
