@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from vmd import config as C
 from vmd.diffusion import mask_tokens
+from vmd.model import build_model
 from vmd.schedule import make_schedule
 from vmd.sudoku.grid import parse, to_line
 from vmd.sudoku.solve import default_batch_size, solve, solved_mask
@@ -229,3 +230,23 @@ def test_vmd_sample_draws_whole_grids(trained):
     assert r.exit_code == 0, r.output
     lines = r.stdout.split()
     assert len(lines) == 3 and all(len(x) == 81 and set(x) <= set("123456789") for x in lines)
+
+
+def test_fused_cpu_mlp_in_inference_gives_the_plain_mlps_values():
+    """Without gradients on the CPU the MLP may run as one oneDNN linear+GELU call; the denoiser's
+    logits must not change (a VMD block too, whose MLP input is modulated)."""
+    from vmd.model.transformer import _probe_fused_linear, fused_mlp_applies
+
+    torch.manual_seed(0)
+    for method in ("mdm", "vmd"):
+        cfg = sudoku_cfg(method=method)
+        task = make_task(cfg.task)
+        model = build_model(cfg, task.vocab, task.length, task.layout).eval()
+        for p in model.parameters():  # away from the zero-initialised modulation
+            p.data.add_(torch.randn_like(p) * 0.05)
+        x = torch.randint(0, task.vocab + 1, (4, task.length))
+        z = torch.randn(4, model.latent_dim) if model.latent_dim else None
+        plain = model(x, z)  # gradients enabled: the plain ops
+        with torch.no_grad():
+            assert fused_mlp_applies(torch.zeros(1)) == _probe_fused_linear()
+            assert torch.allclose(model(x, z), plain, atol=1e-4)
