@@ -250,3 +250,5 @@ def test_fused_cpu_mlp_in_inference_gives_the_plain_mlps_values():
         with torch.no_grad():
             assert fused_mlp_applies(torch.zeros(1)) == _probe_fused_linear()
             assert torch.allclose(model(x, z), plain, atol=1e-4)
+            with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast picks the dtypes: the plain ops
+                assert not fused_mlp_applies(torch.zeros(1))

@@ -63,10 +63,16 @@ def _probe_fused_linear() -> bool:
 _FUSED_LINEAR: list[bool] = []  # probed on first use
 
 
+def _cpu_autocast() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4 has no device argument
+        return torch.is_autocast_cpu_enabled()
+
+
 def fused_mlp_applies(h: torch.Tensor) -> bool:
     """Inference in fp32 on the CPU, outside autocast, where the fused op exists."""
-    if torch.is_grad_enabled() or h.device.type != "cpu" or h.dtype != torch.float32 \
-            or torch.is_autocast_enabled("cpu"):
+    if torch.is_grad_enabled() or h.device.type != "cpu" or h.dtype != torch.float32 or _cpu_autocast():
         return False
     if not _FUSED_LINEAR:
         _FUSED_LINEAR.append(_probe_fused_linear())
