@@ -111,7 +111,7 @@ class Block(nn.Module):
         """The MLP. In CPU inference the first layer, its bias and the GELU run as one oneDNN call
         (and the second layer's bias is added in its product): the plain ops write the hidden
         activations three times (bias, product, GELU), the fused one once; the bundled Sudoku
-        models solve 5-15% more puzzles/s (docs/sudoku-history.md). Same values within rounding."""
+        models solve 11-14% more puzzles/s (docs/sudoku-history.md). Same values within rounding."""
         if not fused_mlp_applies(h):
             return self.mlp(h)
         fc1, fc2 = self.mlp[0], self.mlp[2]
