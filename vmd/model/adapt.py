@@ -46,7 +46,8 @@ def start_from(model: nn.Module, source: nn.Module, where: str) -> None:
     else:
         state = dict(model.state_dict())  # encoder, prior and the z path as initialised
         layers, dim = len(model.trunk.blocks), model.trunk.norm.weight.shape[0]
-        out_bias = [k for k in state if k.startswith("trunk.cond.") and k.endswith("bias")][-1]  # the readout's last layer
+        # the z readout's last layer: trunk.cond.2.bias after an MLP, trunk.cond.bias for one linear map
+        out_bias = [k for k in state if k.startswith("trunk.cond.") and k.endswith("bias")][-1]
         mod_bias = state[out_bias].clone().view(layers, 6, dim)  # shift, scale-1, gate-1 per sub-layer
         for name, value in src.items():
             norm = _NORM.fullmatch(name)
