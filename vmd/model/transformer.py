@@ -16,6 +16,8 @@ peers from the first step instead of first learning to read that off the embeddi
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -45,8 +47,9 @@ def _biased_attention(qkv, heads: int, bias, dropout_p: float):
     return torch.cat(outs, dim=-1)
 
 
+@functools.cache
 def _probe_fused_linear() -> bool:
-    """Whether oneDNN's fused linear (+ GELU) op exists here and agrees with the plain ops."""
+    """Whether oneDNN's fused linear (+ GELU) op exists here and agrees with the plain ops (asked once)."""
     op = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
     if op is None or not torch.backends.mkldnn.is_available():
         return False
@@ -60,9 +63,6 @@ def _probe_fused_linear() -> bool:
         return False
 
 
-_FUSED_LINEAR: list[bool] = []  # probed on first use
-
-
 def _cpu_autocast() -> bool:
     try:
         return torch.is_autocast_enabled("cpu")
@@ -74,9 +74,7 @@ def fused_mlp_applies(h: torch.Tensor) -> bool:
     """Inference in fp32 on the CPU, outside autocast, where the fused op exists."""
     if torch.is_grad_enabled() or h.device.type != "cpu" or h.dtype != torch.float32 or _cpu_autocast():
         return False
-    if not _FUSED_LINEAR:
-        _FUSED_LINEAR.append(_probe_fused_linear())
-    return _FUSED_LINEAR[0]
+    return _probe_fused_linear()
 
 
 class Block(nn.Module):
