@@ -276,6 +276,17 @@ def report(results, args, cost, corr, png, bounds) -> str:
               "prior has neither (second row); the preset keeps the learned prior for its tighter NELBO (its "
               "comment gives both). On a larger backbone the ratio falls towards the share of arithmetic the latent "
               "path adds; the Sudoku row keeps the default MLP readout."]
+    lines += ["", "Where the D1 preset's extra time goes (2026-12-01, 2-core Xeon, forward and backward of one batch "
+              "of 256, medians of 30 paired rounds, scratch script): the MDM's denoiser 7.0 ms; the same denoiser "
+              "reading z through the adaLN 8.7 ms (+1.6 ms: each block's four modulations are small broadcast "
+              "multiply-adds whose backward adds reductions, on tensors of 256 x 4 x 64); the encoder 0.6 ms; the prior "
+              "network and the mixture KL 0.9 ms (the mixture KL alone 0.41 ms, one Gaussian's 0.13 ms). Tried for the "
+              "D1 preset and not adopted: one Gaussian as the conditional prior (`latent.components=1`, ratio 1.32) "
+              "gives a one-step KL of 0.27 (target 0.1); a z path that only shifts each norm's output (no scale, no "
+              "gates; ratio 1.28-1.30) matches the full adaLN on D1 (98.4 / 96.3 / 99.7% at seeds 0 / 1 / 2, against "
+              "98.4 / 99.4 / 98.7%) but reads z far worse on the tests' tiny two-token model (27-53% at NFE 1 over "
+              "three seeds, against 75-80%). The preset itself moves with the seed: its one-step KL is 0.028 / 0.079 / "
+              "0.115 at seeds 0 / 1 / 2, so the KL target holds at the bundled seed 0 and not at seed 2."]
     lines += ["", "## Targets of the core issue", "", "| target | measured | met |", "|---|---|---|"]
     lines += targets(results, cost)
     lines += ["", "D2 at NFE 1 moves by a few points from one training run to the next (by argmax, 94.4-98.0% over "
