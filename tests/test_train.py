@@ -112,6 +112,42 @@ def test_weights_that_do_not_match_the_config_are_refused(tmp_path):
         checkpoint.load_model(tmp_path / "r")
 
 
+def test_a_model_exported_with_fp16_weights_is_half_the_size_and_loads_as_fp32(tmp_path):
+    train(tiny("vmd", steps=20, model={"dim": 64}), tmp_path / "r")
+    checkpoint.export_model(tmp_path / "r", tmp_path / "half.safetensors", half=True)
+    full_size = (tmp_path / "r" / "model.safetensors").stat().st_size
+    assert (tmp_path / "half.safetensors").stat().st_size < 0.6 * full_size
+    full, cfg, step = checkpoint.load_model(tmp_path / "r")
+    half, cfg_half, step_half = checkpoint.load_model(tmp_path / "half.safetensors")
+    assert (cfg_half, step_half) == (cfg, step)
+    assert all(p.dtype == torch.float32 for p in half.parameters())
+    x = torch.full((4, 2), full.mask_id)
+    z = torch.randn(4, full.latent_dim)
+    with torch.no_grad():
+        a, b = full(x, z), half(x, z)
+    assert not torch.equal(a, b)  # rounded,
+    assert torch.allclose(a, b, atol=1e-2)  # but only rounded
+    checkpoint.export_model(tmp_path / "r", tmp_path / "same.safetensors")
+    with torch.no_grad():
+        assert torch.equal(checkpoint.load_model(tmp_path / "same.safetensors")[0](x, z), a)
+
+
+def test_weights_beyond_fp16_range_are_not_exported_in_half(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    train(tiny(steps=5), tmp_path / "r")
+    path = tmp_path / "r" / "model.safetensors"
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(path))
+    tensors["head.bias"] = tensors["head.bias"] + 1e5
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(CheckpointError, match="head.bias holds values beyond fp16"):
+        checkpoint.export_model(tmp_path / "r", tmp_path / "half.safetensors", half=True)
+    assert not (tmp_path / "half.safetensors").exists()
+
+
 def test_loss_terms_are_logged_separately_and_kl_warms_up(tmp_path):
     events = []
     cfg = tiny("vmd", steps=40, latent={"kl_warmup_steps": 40})

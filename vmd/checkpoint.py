@@ -134,6 +134,24 @@ def load_model(run_dir: Path, device="cpu"):
     return model.to(device).eval(), cfg, int(header["step"])
 
 
+def export_model(src: Path, dst: Path, half: bool = False) -> None:
+    """Copy a model file (a run directory's, or a lone one) to ``dst``, checked on the way; with
+    ``half`` its floating-point weights are stored as fp16, half the size (a bundled model has a
+    size limit). ``load_model`` reads them back into the fp32 model; fp16 keeps 11 significant
+    bits, so logits move by rounding only."""
+    src = Path(src)
+    if not (src.suffix == ".safetensors" and src.is_file()):
+        src = _check_dir(src) / MODEL_FILE
+    header, tensors = _read(src)
+    if half:
+        for k, v in tensors.items():
+            if v.is_floating_point():
+                if v.abs().max() >= torch.finfo(torch.float16).max:
+                    raise CheckpointError(f"{src}: {k} holds values beyond fp16's range; store it in fp32")
+                tensors[k] = v.half()
+    atomic_write(Path(dst), st_save(tensors, metadata=header))
+
+
 def load_train_state(run_dir: Path) -> dict:
     """Everything --resume needs, from train_state.safetensors alone."""
     run_dir = _check_dir(run_dir)
