@@ -184,3 +184,28 @@ def test_a_diverging_run_stops_with_a_clear_error_and_keeps_its_checkpoint(tmp_p
         Trainer.resume(tmp_path / "r", explode).run()
     assert (tmp_path / "r" / "model.safetensors").read_bytes() == before
     assert checkpoint.load_model(tmp_path / "r")[2] == 20
+
+
+def test_ctrl_c_after_the_loss_diverged_does_not_save_the_broken_weights(tmp_path, monkeypatch):
+    """The loss is checked where the loop logs or saves, not every step; Ctrl-C between two checks
+    must not checkpoint weights that went non-finite in between."""
+    from vmd.errors import TrainingDiverged
+
+    train(tiny(steps=20), tmp_path / "r")
+    before = (tmp_path / "r" / "model.safetensors").read_bytes()
+
+    def explode(cfg):  # no log or checkpoint before step 1000, where the run is interrupted at 35
+        return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=1000, lr=1e30, grad_clip=0.0,
+                                                                  log_every=1000, checkpoint_every=1000))
+
+    step = Trainer.train_step
+
+    def interrupted(self):
+        if self.step == 35:
+            raise KeyboardInterrupt
+        return step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted)
+    with pytest.raises(TrainingDiverged, match="between steps 20 and 35"):
+        Trainer.resume(tmp_path / "r", explode).run()
+    assert (tmp_path / "r" / "model.safetensors").read_bytes() == before

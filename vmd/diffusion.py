@@ -46,6 +46,9 @@ def kl_weight(latent: LatentConfig, step: int) -> float:
     return latent.beta * min(1.0, step / latent.kl_warmup_steps)
 
 
+METRICS = ("loss", "recon", "latent_kl", "nelbo", "bits_per_token")
+
+
 @dataclass
 class Loss:
     loss: torch.Tensor  # what is minimised (beta may be warming up, free bits may apply)
@@ -55,7 +58,11 @@ class Loss:
     bits_per_token: torch.Tensor
 
     def metrics(self) -> dict[str, float]:
-        return {k: float(getattr(self, k).detach()) for k in ("loss", "recon", "latent_kl", "nelbo", "bits_per_token")}
+        return dict(zip(METRICS, self.stacked().tolist()))
+
+    def stacked(self) -> torch.Tensor:
+        """The ``METRICS`` as one detached tensor on the loss's device (no wait for the device)."""
+        return torch.stack([getattr(self, k).detach().float() for k in METRICS])
 
 
 def latent_terms(model, x0, xt, masked, generator=None):

@@ -14,7 +14,7 @@ import torch
 
 from vmd import checkpoint
 from vmd.config import Config
-from vmd.diffusion import diffusion_loss, kl_weight
+from vmd.diffusion import METRICS, diffusion_loss, kl_weight
 from vmd.errors import CheckpointError, ConfigError, TrainingDiverged
 from vmd.model import adapt, build_model, count_parameters
 from vmd.schedule import make_schedule
@@ -166,9 +166,6 @@ class Trainer:
         given = given.to(self.device) if given is not None else None
         with autocast(self.device, cfg.device.precision):
             out = diffusion_loss(self.model, x0, self.schedule, cfg.diffusion, cfg.latent, self.step, given, self.noise_gen)
-        if not torch.isfinite(out.loss):
-            raise TrainingDiverged(f"loss is {float(out.loss.detach())} at step {self.step}; the last checkpoint in {self.run_dir} "
-                                   "is kept; lower train.lr or use fp32")
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(out.loss).backward()
         if tc.grad_clip > 0:
@@ -179,31 +176,47 @@ class Trainer:
         self.step += 1
         if self.ema is not None:
             self._update_ema()
-        return out.metrics()
+        return out.stacked()
+
+    def _check_finite(self, loss_sum: torch.Tensor, since: int) -> None:
+        """Raise if any loss since step ``since`` was not finite. Checked where the loop logs or saves,
+        not every step: reading a value back waits for the device, and on a GPU a wait every step
+        keeps the host from queueing the next step's work while this one runs."""
+        if not torch.isfinite(loss_sum):
+            raise TrainingDiverged(f"loss is {float(loss_sum)} between steps {since} and {self.step}; the last checkpoint "
+                                   f"in {self.run_dir} is kept; lower train.lr or use fp32")
 
     def run(self) -> dict[str, float]:
         tc = self.cfg.train
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.model.train()
-        window: list[dict[str, float]] = []
+        window, window_steps, checked = None, 0, self.step  # the metrics summed on the device since the last log
         t_last, steps_last = time.perf_counter(), self.step
         try:
             while self.step < tc.steps:
                 t0 = time.perf_counter()
-                window.append(self.train_step())
+                terms = self.train_step()
+                window, window_steps = (terms if window is None else window + terms), window_steps + 1
+                log = self.step % tc.log_every == 0 or self.step == tc.steps
+                save = self.step % tc.checkpoint_every == 0 or self.step == tc.steps
+                if log or save:
+                    self._check_finite(window[0], checked)
+                    checked = self.step
                 self.elapsed += time.perf_counter() - t0
-                if self.step % tc.log_every == 0 or self.step == tc.steps:
-                    self.last_metrics = {k: sum(m[k] for m in window) / len(window) for k in window[0]}
-                    window.clear()
+                if log:
+                    self.last_metrics = dict(zip(METRICS, (window / window_steps).tolist()))
+                    window, window_steps = None, 0
                     now = time.perf_counter()
                     rate = (self.step - steps_last) / max(now - t_last, 1e-9)
                     t_last, steps_last = now, self.step
                     if self.callback:
                         self.callback(Progress(self.step, tc.steps, self.last_metrics, self.opt.param_groups[0]["lr"],
                                                kl_weight(self.cfg.latent, self.step), rate, self.elapsed))
-                if self.step % tc.checkpoint_every == 0 or self.step == tc.steps:
+                if save:
                     self.save()
         except KeyboardInterrupt:
+            if window is not None:  # never save weights that went non-finite since the last check
+                self._check_finite(window[0], checked)
             self.save()
             raise TrainingInterrupted(self.step, self.run_dir) from None
         return self.last_metrics
