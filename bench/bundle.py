@@ -18,6 +18,7 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
 from _docs import write_keeping_hand
 from vmd import checkpoint, config as C
@@ -32,6 +33,11 @@ def preset_of(run_dir: Path, cfg: C.Config) -> str:
     if name not in C.list_presets():
         return "its own config (see the file's header)"
     return f"`{name}` as bundled" if C.load(name) == cfg else f"`{name}` with changes"
+
+
+def stored_half(path: Path) -> bool:
+    with safe_open(str(path), framework="pt") as f:
+        return any(f.get_slice(k).get_dtype() == "F16" for k in f.keys())
 
 
 @torch.no_grad()
@@ -60,6 +66,7 @@ def main() -> None:
         dst = ROOT / "vmd" / "models" / f"{name}.safetensors"
         half = args.half or src.stat().st_size / 2**20 > LIMIT_MB
         checkpoint.export_model(src, dst, half=half)
+        half = stored_half(dst)  # also where the run's own file holds fp16 weights (bench/gpu_session.py)
         size = dst.stat().st_size / 2**20
         if size > LIMIT_MB:
             dst.unlink()

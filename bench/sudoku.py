@@ -3,6 +3,7 @@
     python bench/sudoku.py                                  # the bundled models
     python bench/sudoku.py --mdm runs/sudoku-mdm-tiny --vmd runs/sudoku-vmd-tiny
     python bench/sudoku.py --easy 100 --hard 50 --very-hard 0   # a quicker look
+    python bench/sudoku.py --mdm runs/gpu/sudoku-mdm --vmd runs/gpu/sudoku-vmd --device cuda
 
 For each set (easy 30-36 givens, hard 22-26, very hard 17-21) and model: % solved at
 NFE 1, 2, 3, 5, 10, 20, 50 with each strategy (argmax values); for the VMD also with posterior-
@@ -10,7 +11,7 @@ guided z and with z from the encoder given the solution (a bound on what z can a
 at NFE 2, 10 and 20; why top-margin solves fail at NFE 2, 3 and 5 (two cells filled in one step
 that break a rule, or a cell that breaks one against an earlier cell); the batched solving speed
 at NFE 10 with the FLOP/s it implies, beside a plain matrix product's FLOP/s measured beside each
-solve.
+solve (on a CPU only: the target is a CPU's).
 Test sets are cached (vmd.sudoku.data).
 """
 
@@ -37,6 +38,7 @@ from vmd.sudoku.evaluate import (DEFAULT_NFES, DEFAULT_STRATEGIES, accuracy_tabl
                                  known_solution_accuracy)
 from vmd.sudoku.solve import default_batch_size, solve
 from vmd.sudoku.solver import make_puzzle
+from vmd.train import resolve_device
 from vmd.tasks.sudoku import to_tokens
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,11 +116,13 @@ def main() -> None:
     ap.add_argument("--very-hard", type=int, default=50)
     ap.add_argument("--nfe", default=",".join(map(str, DEFAULT_NFES)))
     ap.add_argument("--out", default=str(ROOT / "docs" / "results-sudoku.md"))
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto; the speed section runs on a CPU only")
     args = ap.parse_args()
+    device = resolve_device(args.device)
     nfes = [int(v) for v in args.nfe.split(",")]
     torch.set_num_threads(max(1, torch.get_num_threads()))
     sources = {"MDM": args.mdm or bundled_path("sudoku-mdm"), "VMD": args.vmd or bundled_path("sudoku-vmd")}
-    models = {name: load_model(src) for name, src in sources.items()}
+    models = {name: load_model(src, device) for name, src in sources.items()}
     counts = {"easy": args.easy, "hard": args.hard, "very hard": args.very_hard}
     results: dict = {}
     for set_name, (lo, hi) in SETS.items():
@@ -131,36 +135,39 @@ def main() -> None:
         for name, (model, cfg, _) in models.items():
             t0 = time.perf_counter()
             table = accuracy_table(model, puzzles, nfes=nfes, strategies=DEFAULT_STRATEGIES,
-                                   z_policy=cfg.sample.z_policy, schedule=cfg.diffusion.schedule)
+                                   z_policy=cfg.sample.z_policy, schedule=cfg.diffusion.schedule, device=device)
             results[(set_name, name)] = table["accuracy"]
             print(f"  {name}: top-margin " + " ".join(f"{k}:{100 * table['accuracy']['top-margin'][k]:.1f}" for k in nfes)
                   + f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
             if model.has_latent:  # posterior-guided z (method.md §5), top-margin only
                 table = accuracy_table(model, puzzles, nfes=nfes, strategies=("top-margin",), z_policy="posterior",
-                                       schedule=cfg.diffusion.schedule)
+                                       schedule=cfg.diffusion.schedule, device=device)
                 results[(set_name, name, "posterior")] = table["accuracy"]["top-margin"]
                 results[(set_name, name, "known")] = {  # z from the encoder given the answer: a bound
                     nfe: known_solution_accuracy(model, puzzles, solutions, nfe=nfe, schedule=cfg.diffusion.schedule,
-                                                 batch_size=256) for nfe in nfes}
+                                                 batch_size=256, device=device) for nfe in nfes}
         for name, (model, cfg, _) in models.items():
             results[(set_name, name, "restarts")] = {
                 nfe: float(solve(model, puzzles, nfe=nfe, restarts=4, z_policy=cfg.sample.z_policy,
-                                 schedule=cfg.diffusion.schedule).solved.double().mean())
+                                 schedule=cfg.diffusion.schedule, device=device).solved.double().mean())
                 for nfe in RESTART_NFES if nfe in nfes}
             results[(set_name, name, "failures")] = {  # same solves as the table's top-margin row
                 nfe: failure_kinds(model, puzzles, nfe=nfe, z_policy=cfg.sample.z_policy,
-                                   schedule=cfg.diffusion.schedule, batch_size=256)
+                                   schedule=cfg.diffusion.schedule, batch_size=256, device=device)
                 for nfe in FAILURE_NFES if nfe in nfes}
-    easy, _ = generated_set(max(args.easy, 256), *SETS["easy"], seed=TEST_SEED) if args.easy else (None, None)
+    on_cpu = device.type == "cpu"
+    easy, _ = generated_set(max(args.easy, 256), *SETS["easy"], seed=TEST_SEED) if args.easy and on_cpu else (None, None)
     perf, mm = speed(models, easy[:256]) if easy is not None else ({}, matmul_flops())
     gen = {name: generation_rate(*SETS[name], n) for name, n in (("easy", 200), ("hard", 40))}
-    write(args, sources, models, nfes, results, perf, mm, gen)
+    write(args, sources, models, nfes, results, perf, mm, gen, device)
 
 
-def write(args, sources, models, nfes, results, perf, mm, gen) -> None:
+def write(args, sources, models, nfes, results, perf, mm, gen, device) -> None:
     cmd = "python bench/sudoku.py " + " ".join(sys.argv[1:])
+    where = (f"{platform.machine()} CPU, {torch.get_num_threads()} threads" if device.type == "cpu" else
+             f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else device.type} (fp32 inference)")
     lines = ["# Sudoku: MDM against VMD", "",
-             f"Made by `{cmd.strip()}` on {date.today()}, {platform.machine()} CPU, {torch.get_num_threads()} threads, "
+             f"Made by `{cmd.strip()}` on {date.today()}, {where}, "
              f"torch {torch.__version__}. Test puzzles generated by `vmd.sudoku` (unique solutions, seed {TEST_SEED}); "
              "values by argmax; z policy as each model's preset says. % of puzzles solved (complete, valid, givens kept).", ""]
     for name, src in sources.items():
