@@ -96,18 +96,22 @@ def test_damaged_runs_give_a_clear_error(tmp_path, damage, message):
         checkpoint.load_model(tmp_path / "r")
 
 
-def test_weights_that_do_not_match_the_config_are_refused(tmp_path):
+def edit_model_file(run_dir, key, change):
+    """Rewrite one tensor of a run's model.safetensors, keeping its header."""
+    from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    train(tiny(steps=10), tmp_path / "r")
-    path = tmp_path / "r" / "model.safetensors"
-    from safetensors import safe_open
-
+    path = run_dir / "model.safetensors"
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
     tensors = load_file(str(path))
-    tensors["head.weight"] = torch.zeros(3, 3)
+    tensors[key] = change(tensors[key])
     save_file(tensors, str(path), metadata=meta)
+
+
+def test_weights_that_do_not_match_the_config_are_refused(tmp_path):
+    train(tiny(steps=10), tmp_path / "r")
+    edit_model_file(tmp_path / "r", "head.weight", lambda w: torch.zeros(3, 3))
     with pytest.raises(CheckpointError, match="do not match"):
         checkpoint.load_model(tmp_path / "r")
 
@@ -133,16 +137,8 @@ def test_a_model_exported_with_fp16_weights_is_half_the_size_and_loads_as_fp32(t
 
 
 def test_weights_beyond_fp16_range_are_not_exported_in_half(tmp_path):
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
-
     train(tiny(steps=5), tmp_path / "r")
-    path = tmp_path / "r" / "model.safetensors"
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata()
-    tensors = load_file(str(path))
-    tensors["head.bias"] = tensors["head.bias"] + 1e5
-    save_file(tensors, str(path), metadata=meta)
+    edit_model_file(tmp_path / "r", "head.bias", lambda b: b + 1e5)
     with pytest.raises(CheckpointError, match="head.bias holds values beyond fp16"):
         checkpoint.export_model(tmp_path / "r", tmp_path / "half.safetensors", half=True)
     assert not (tmp_path / "half.safetensors").exists()
