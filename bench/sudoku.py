@@ -35,7 +35,7 @@ from vmd.checkpoint import load_model
 from vmd.models import bundled_path
 from vmd.sudoku.data import generated_set
 from vmd.sudoku.evaluate import (DEFAULT_NFES, DEFAULT_STRATEGIES, accuracy_table, failure_kinds,
-                                 known_solution_accuracy)
+                                 known_solution_accuracy, paired_difference)
 from vmd.sudoku.solve import default_batch_size, solve
 from vmd.sudoku.solver import make_puzzle
 from vmd.train import resolve_device
@@ -129,14 +129,17 @@ def main() -> None:
         n = counts[set_name]
         if not n:
             continue
+        solved: dict = {}
         t0 = time.perf_counter()
         puzzles, solutions = generated_set(n, lo, hi, seed=TEST_SEED)
         print(f"{set_name}: {n} puzzles, {lo}-{hi} givens (ready in {time.perf_counter() - t0:.0f} s)", flush=True)
         for name, (model, cfg, _) in models.items():
             t0 = time.perf_counter()
             table = accuracy_table(model, puzzles, nfes=nfes, strategies=DEFAULT_STRATEGIES,
-                                   z_policy=cfg.sample.z_policy, schedule=cfg.diffusion.schedule, device=device)
+                                   z_policy=cfg.sample.z_policy, schedule=cfg.diffusion.schedule, device=device,
+                                   per_puzzle=True)
             results[(set_name, name)] = table["accuracy"]
+            solved[name] = table["solved"]
             print(f"  {name}: top-margin " + " ".join(f"{k}:{100 * table['accuracy']['top-margin'][k]:.1f}" for k in nfes)
                   + f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
             if model.has_latent:  # posterior-guided z (method.md §5), top-margin only
@@ -146,6 +149,9 @@ def main() -> None:
                 results[(set_name, name, "known")] = {  # z from the encoder given the answer: a bound
                     nfe: known_solution_accuracy(model, puzzles, solutions, nfe=nfe, schedule=cfg.diffusion.schedule,
                                                  batch_size=256, device=device) for nfe in nfes}
+        results[(set_name, "paired")] = {  # VMD against MDM on the same puzzles
+            strategy: {nfe: paired_difference(solved["VMD"][strategy][nfe], solved["MDM"][strategy][nfe]) for nfe in nfes}
+            for strategy in DEFAULT_STRATEGIES}
         for name, (model, cfg, _) in models.items():
             results[(set_name, name, "restarts")] = {
                 nfe: float(solve(model, puzzles, nfe=nfe, restarts=4, z_policy=cfg.sample.z_policy,
@@ -160,6 +166,30 @@ def main() -> None:
     perf, mm = speed(models, easy[:256]) if easy is not None else ({}, matmul_flops())
     gen = {name: generation_rate(*SETS[name], n) for name, n in (("easy", 200), ("hard", 40))}
     write(args, sources, models, nfes, results, perf, mm, gen, device)
+
+
+def paired_section(results, nfes) -> list[str]:
+    """VMD against MDM puzzle by puzzle: the discordant puzzles of every cell and their exact McNemar p."""
+    cells = [(set_name, strategy, nfe, results[(set_name, "paired")][strategy][nfe])
+             for set_name in SETS if (set_name, "paired") in results for strategy in DEFAULT_STRATEGIES for nfe in nfes]
+    if not cells:
+        return []
+    low = [c for c in cells if c[3]["p"] < 0.05]
+    lines = ["", "## VMD against MDM, puzzle by puzzle", "",
+             "Both models solve the same puzzles, so a gap between them rests on the puzzles only one of them solved. "
+             "Each cell: puzzles only the VMD solved / only the MDM solved (p), p from the exact two-sided McNemar "
+             "test: the chance of a split at least this uneven between two equally good solvers. "
+             f"{len(low)} of the {len(cells)} cells have p < 0.05, where about {len(cells) / 20:.0f} would by chance "
+             "alone" + (": " + ", ".join(f"{s} {st} NFE {n} ({r['only_a']} / {r['only_b']})" for s, st, n, r in low)
+                        if low else "") + ".", "",
+             "| set, strategy | " + " | ".join(f"NFE {k}" for k in nfes) + " |", "|---|" + "---|" * len(nfes)]
+    for set_name in SETS:
+        for strategy in DEFAULT_STRATEGIES:
+            row = [r for s, st, _, r in cells if (s, st) == (set_name, strategy)]
+            if row:
+                lines.append(f"| {set_name}, {strategy} | " + " | ".join(
+                    f"{r['only_a']} / {r['only_b']} ({r['p']:.2f})" for r in row) + " |")
+    return lines
 
 
 def write(args, sources, models, nfes, results, perf, mm, gen, device) -> None:
@@ -193,6 +223,7 @@ def write(args, sources, models, nfes, results, perf, mm, gen, device) -> None:
             if (set_name, name, "known") in results:
                 lines.append(fmt_row(f"{name} top-margin, z given the solution (a bound, not a solver)",
                                      results[(set_name, name, "known")], nfes))
+    lines += paired_section(results, nfes)
     lines += ["", "## Why solves fail (top-margin, argmax)", "",
               "A failed grid has two cells with the same digit in a row, column or box. *Same step*: every such "
               "pair was filled in one step, the inconsistency that a latent shared by one step's cells is meant to "

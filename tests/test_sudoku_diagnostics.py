@@ -7,7 +7,7 @@ import torch
 
 from vmd.checkpoint import load_model
 from vmd.models import bundled_path
-from vmd.sudoku.evaluate import clash_kinds, failure_kinds, known_solution_accuracy
+from vmd.sudoku.evaluate import accuracy_table, clash_kinds, failure_kinds, known_solution_accuracy, paired_difference
 from vmd.sudoku.solve import solve
 from vmd.sudoku.solver import make_puzzle
 from vmd.tasks.sudoku import to_tokens
@@ -74,3 +74,27 @@ def test_known_solution_z_is_encoded_from_the_answer_and_the_current_mask():
     assert torch.equal(masks[0], puzzles == 0)  # the blanks of the puzzle first, then fewer each step
     assert (masks[1] <= masks[0]).all() and masks[1].sum() < masks[0].sum()
     assert (masks[2] <= masks[1]).all() and masks[2].sum() < masks[1].sum()
+
+
+def test_paired_difference_counts_the_discordant_puzzles_and_tests_them_exactly():
+    a = torch.tensor([True] * 10 + [False] * 5 + [True] * 5)
+    b = torch.tensor([False] * 10 + [False] * 5 + [True] * 5)
+    out = paired_difference(a, b)
+    assert (out["only_a"], out["only_b"]) == (10, 0)
+    assert abs(out["p"] - 2 * 0.5 ** 10) < 1e-12  # 10 of 10 discordant one way
+    assert paired_difference(b, a)["p"] == out["p"]
+    assert paired_difference(a, a) == {"only_a": 0, "only_b": 0, "p": 1.0}
+    balanced = paired_difference(torch.tensor([True, False] * 6), torch.tensor([False, True] * 6))
+    assert balanced["p"] == 1.0  # 6 against 6: no evidence either way
+
+
+def test_accuracy_table_keeps_each_puzzles_result_when_asked():
+    model = load_model(bundled_path("sudoku-mdm"))[0]
+    rng = random.Random(3)
+    puzzles = torch.tensor([make_puzzle(rng, 30, 36)[0] for _ in range(6)], dtype=torch.uint8)
+    table = accuracy_table(model, puzzles, nfes=(1, 10), strategies=("top-margin",), per_puzzle=True)
+    for nfe in (1, 10):
+        solved = table["solved"]["top-margin"][nfe]
+        assert solved.shape == (6,) and abs(float(solved.double().mean()) - table["accuracy"]["top-margin"][nfe]) < 1e-12
+        assert torch.equal(solved, solve(model, puzzles, nfe=nfe, batch_size=256).solved)
+    assert "solved" not in accuracy_table(model, puzzles, nfes=(1,), strategies=("top-margin",))  # JSON-ready by default

@@ -3,6 +3,7 @@ why solves fail: which broken rules come from cells filled in the same step."""
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable
 
@@ -23,13 +24,15 @@ DEFAULT_STRATEGIES = ("random", "top-prob", "top-margin")
 
 def accuracy_table(model, puzzles: torch.Tensor, *, nfes=DEFAULT_NFES, strategies=DEFAULT_STRATEGIES,
                    restarts: int = 0, batch_size: int = 256, seed: int = 0, z_policy: str = "once",
-                   schedule: str = "linear", device="cpu",
+                   schedule: str = "linear", device="cpu", per_puzzle: bool = False,
                    on_batch: Callable[[int], None] | None = None) -> dict:
-    """{"accuracy": {strategy: {nfe: share solved}}, "puzzles_per_s": {strategy: {nfe: rate}}}."""
+    """{"accuracy": {strategy: {nfe: share solved}}, "puzzles_per_s": {strategy: {nfe: rate}}}; with
+    ``per_puzzle`` also "solved": {strategy: {nfe: (n,) bool}}, for comparing two models puzzle by puzzle."""
     acc: dict[str, dict[int, float]] = {}
     rate: dict[str, dict[int, float]] = {}
+    solved: dict[str, dict[int, torch.Tensor]] = {}
     for strategy in strategies:
-        acc[strategy], rate[strategy] = {}, {}
+        acc[strategy], rate[strategy], solved[strategy] = {}, {}, {}
         for nfe in nfes:
             t0 = time.perf_counter()
             result = solve(model, puzzles, nfe=nfe, strategy=strategy, restarts=restarts, batch_size=batch_size,
@@ -37,7 +40,19 @@ def accuracy_table(model, puzzles: torch.Tensor, *, nfes=DEFAULT_NFES, strategie
             seconds = time.perf_counter() - t0
             acc[strategy][nfe] = float(result.solved.double().mean())
             rate[strategy][nfe] = puzzles.shape[0] / max(seconds, 1e-9)
-    return {"accuracy": acc, "puzzles_per_s": rate}
+            solved[strategy][nfe] = result.solved
+    return {"accuracy": acc, "puzzles_per_s": rate, **({"solved": solved} if per_puzzle else {})}
+
+
+def paired_difference(solved_a: torch.Tensor, solved_b: torch.Tensor) -> dict:
+    """Two models on the same puzzles: how many only A solved, only B solved, and the exact two-sided
+    McNemar p-value (a binomial test on those discordant puzzles): how often a gap at least this
+    large arises between two equally good solvers."""
+    only_a = int((solved_a & ~solved_b).sum())
+    only_b = int((solved_b & ~solved_a).sum())
+    n, k = only_a + only_b, min(only_a, only_b)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n if n else 1.0
+    return {"only_a": only_a, "only_b": only_b, "p": min(1.0, 2 * tail)}
 
 
 def clash_kinds(grids: torch.Tensor, filled_at: torch.Tensor, puzzles: torch.Tensor) -> dict[str, int]:
