@@ -175,13 +175,16 @@ def main() -> None:
                  "--easy", easy, "--hard", hard, "--very-hard", very_hard, "--device", args.device,
                  "--out", str(args.out / "results-sudoku.md")]
         summary["bench_exit_code"] = subprocess.call(bench, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        for preset, run in zip(presets, runs):
-            half = args.runs / f"{preset}.safetensors"
-            checkpoint.export_model(run, half, half=True)
-            summary["files"] += split(half, args.out)
+        for preset, run in zip(presets, runs):  # a failure here must not lose the summary
+            try:
+                half = args.runs / f"{preset}.safetensors"
+                checkpoint.export_model(run, half, half=True)
+                summary["files"] += split(half, args.out)
+            except Exception as e:  # noqa: BLE001 - reported in session.json, then the exit code
+                summary.setdefault("export_errors", {})[preset] = f"{type(e).__name__}: {e}"
     (args.out / "session.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps({k: summary[k] for k in ("exit_codes", "gpu")}), flush=True)
-    if any(codes):
+    if any(codes) or summary.get("export_errors") or summary.get("bench_exit_code"):
         raise SystemExit(1)
 
 
