@@ -57,9 +57,6 @@ class Loss:
     nelbo: torch.Tensor  # E[w(t) * (recon + |masked| * KL)], per sequence: a valid upper bound on -log p(x0)
     bits_per_token: torch.Tensor
 
-    def metrics(self) -> dict[str, float]:
-        return dict(zip(METRICS, self.stacked().tolist()))
-
     def stacked(self) -> torch.Tensor:
         """The ``METRICS`` as one detached tensor on the loss's device (no wait for the device)."""
         return torch.stack([getattr(self, k).detach().float() for k in METRICS])
