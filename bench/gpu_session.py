@@ -1,7 +1,7 @@
 """One prepared run for a lent GPU: train the GPU Sudoku presets side by side within a time
 budget, score them, and leave what comes back small enough to fetch.
 
-    VMD_CACHE_DIR=.device-cache python bench/gpu_session.py --minutes 6 --out "$OUT"
+    VMD_CACHE_DIR=.device-cache python bench/gpu_session.py --minutes 5 --out "$OUT"
     python bench/gpu_session.py --join DIR              # here, on a copy of what came back: the runs
 
 A lent GPU comes with minutes, not hours (docs/bundled-models.md), so each preset trains for as
@@ -131,7 +131,7 @@ def fill_cache(presets: list[str], counts: list[int]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--minutes", type=float, default=6.0, help="training time, both presets at once [6]")
+    ap.add_argument("--minutes", type=float, default=5.0, help="training time, both presets at once [5]")
     ap.add_argument("--out", type=Path, help="where the results and the models go (the device tool's $OUT)")
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "gpu", help="run directories [runs/gpu]")
     ap.add_argument("--presets", default="sudoku-mdm,sudoku-vmd", help="an MDM and a VMD preset, in that order")
