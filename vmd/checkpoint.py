@@ -117,15 +117,19 @@ def load_weights(module: torch.nn.Module, state: dict, where,
         raise CheckpointError(f"{where}: {problem} ({first})") from e
 
 
+def _model_file(source: Path) -> Path:
+    """A run directory's model.safetensors, or ``source`` itself when it is a lone model file."""
+    path = Path(source)
+    return path if path.suffix == ".safetensors" and path.is_file() else _check_dir(path) / MODEL_FILE
+
+
 def load_model(run_dir: Path, device="cpu"):
     """The inference model of a run directory, or of a lone model.safetensors file (a bundled
     model): (model in eval mode, config, step)."""
     from vmd.model import build_model
     from vmd.tasks import make_task
 
-    path = Path(run_dir)
-    if not (path.suffix == ".safetensors" and path.is_file()):
-        path = _check_dir(path) / MODEL_FILE
+    path = _model_file(run_dir)
     header, tensors = _read(path)
     cfg = C.load_yaml_text(header["config"])
     task = make_task(cfg.task)
@@ -139,9 +143,7 @@ def export_model(src: Path, dst: Path, half: bool = False) -> None:
     ``half`` its floating-point weights are stored as fp16, half the size (a bundled model has a
     size limit). ``load_model`` reads them back into the fp32 model; fp16 keeps 11 significant
     bits, so logits move by rounding only."""
-    src = Path(src)
-    if not (src.suffix == ".safetensors" and src.is_file()):
-        src = _check_dir(src) / MODEL_FILE
+    src = _model_file(src)
     header, tensors = _read(src)
     if half:
         for k, v in tensors.items():
