@@ -35,7 +35,7 @@ import torch
 from sudoku import SETS, TEST_SEED  # bench/sudoku.py: its test sets
 from vmd import checkpoint, config as C
 from vmd.sudoku.data import generated_set
-from vmd.tasks.sudoku import DATA_SEED
+from vmd.tasks import make_task
 from vmd.train import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -120,9 +120,7 @@ def fill_cache(presets: list[str], counts: list[int]) -> None:
     """Generate (or find cached) the presets' training pools and the bench's test sets."""
     t0 = time.perf_counter()
     for preset in presets:
-        task = C.load(preset).task
-        if task.source == "puzzles":
-            generated_set(task.grids, task.min_givens, task.max_givens, seed=DATA_SEED)
+        make_task(C.load(preset).task).prepare()  # the task's own pool, whatever its source
     for n, (lo, hi) in zip(counts, SETS.values()):
         if n:
             generated_set(n, lo, hi, seed=TEST_SEED)
