@@ -64,9 +64,8 @@ def main() -> None:
             raise SystemExit(f"{run_dir} is not a Sudoku run")
         src = run_dir / checkpoint.MODEL_FILE
         dst = ROOT / "vmd" / "models" / f"{name}.safetensors"
-        half = args.half or src.stat().st_size / 2**20 > LIMIT_MB
-        checkpoint.export_model(src, dst, half=half)
-        half = stored_half(dst)  # also where the run's own file holds fp16 weights (bench/gpu_session.py)
+        checkpoint.export_model(src, dst, half=args.half or src.stat().st_size / 2**20 > LIMIT_MB)
+        dtype = "fp16" if stored_half(dst) else "fp32"  # also fp16 where the run's own file is (bench/gpu_session.py)
         size = dst.stat().st_size / 2**20
         if size > LIMIT_MB:
             dst.unlink()
@@ -74,8 +73,8 @@ def main() -> None:
         shift = logit_change(model, dst)
         meta = checkpoint.read_meta(run_dir)
         rows.append((name, preset_of(run_dir, cfg), step, sum(p.numel() for p in model.parameters()), meta, size,
-                     hashlib.sha256(dst.read_bytes()).hexdigest(), "fp16" if half else "fp32"))
-        print(f"{dst}: {size:.1f} MB ({rows[-1][-1]}), step {step}; largest logit change {shift:.2e}")
+                     hashlib.sha256(dst.read_bytes()).hexdigest(), dtype))
+        print(f"{dst}: {size:.1f} MB ({dtype}), step {step}; largest logit change {shift:.2e}")
     lines = ["# Bundled models", "",
              "`vmd solve` and `vmd play` use these two models when no `--model` is given. They ship inside the "
              "package as `vmd/models/sudoku-{vmd,mdm}.safetensors`: the EMA weights of a `vmd train` run, with the "

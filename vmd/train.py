@@ -20,6 +20,8 @@ from vmd.model import adapt, build_model, count_parameters
 from vmd.schedule import make_schedule
 from vmd.tasks import make_task
 
+_LOSS = METRICS.index("loss")  # the loss's row in Loss.stacked()
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -200,7 +202,7 @@ class Trainer:
                 log = self.step % tc.log_every == 0 or self.step == tc.steps
                 save = self.step % tc.checkpoint_every == 0 or self.step == tc.steps
                 if log or save:
-                    self._check_finite(window[0], checked)
+                    self._check_finite(window[_LOSS], checked)
                     checked = self.step
                 self.elapsed += time.perf_counter() - t0
                 if log:
@@ -216,7 +218,7 @@ class Trainer:
                     self.save()
         except KeyboardInterrupt:
             if window is not None:  # never save weights that went non-finite since the last check
-                self._check_finite(window[0], checked)
+                self._check_finite(window[_LOSS], checked)
             self.save()
             raise TrainingInterrupted(self.step, self.run_dir) from None
         return self.last_metrics
