@@ -34,6 +34,7 @@ import torch
 
 from sudoku import SETS, TEST_SEED  # bench/sudoku.py: its test sets
 from vmd import checkpoint, config as C
+from vmd.errors import ConfigError
 from vmd.sudoku.data import generated_set
 from vmd.tasks import make_task
 from vmd.train import Trainer
@@ -144,15 +145,31 @@ def main() -> None:
     args = ap.parse_args()
     presets = args.presets.split(",")
     if args.join:
+        if not (args.join / "session.json").is_file():
+            ap.error(f"--join {args.join}: no session.json there (give the folder the device run's files came back to)")
         return join(args.join)
     if args.child:
         return child(args.child, args.overrides, args.runs / args.child, args.deadline, args.probe_steps)
-    counts = [int(n) for n in args.eval.split(",")]
+    if len(presets) != 2 or not all(p in C.list_presets() for p in presets):
+        ap.error(f"--presets takes an MDM and a VMD preset, comma-separated; got {args.presets!r}")
+    try:
+        counts = [int(n) for n in args.eval.split(",")]
+    except ValueError:
+        counts = []
+    if len(counts) != 3 or min(counts) < 0:
+        ap.error(f"--eval takes three counts EASY,HARD,VERY_HARD such as 200,100,50; got {args.eval!r}")
+    if args.minutes <= 0 or args.probe_steps < 1:
+        ap.error("--minutes must be > 0 and --probe-steps >= 1")
+    if args.out is None and not args.fill_cache:
+        ap.error("--out is required (the device tool's $OUT)")
+    for preset in presets:  # bad --set overrides: one line here, not a traceback from each child
+        try:
+            C.load(preset, overrides=args.overrides)
+        except ConfigError as e:
+            ap.error(str(e))
     fill_cache(presets, counts)
     if args.fill_cache:
         return None
-    if args.out is None:
-        raise SystemExit("--out is required")
     args.out.mkdir(parents=True, exist_ok=True)
     deadline = time.time() + 60 * args.minutes
     threads = str(max(1, (os.cpu_count() or 1) // len(presets)))  # the CPU's share of each: data, launches

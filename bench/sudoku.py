@@ -32,6 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from _docs import write_keeping_hand
 from vmd.checkpoint import load_model
+from vmd.errors import ConfigError
 from vmd.models import bundled_path
 from vmd.sudoku.data import generated_set
 from vmd.sudoku.evaluate import (DEFAULT_NFES, DEFAULT_STRATEGIES, accuracy_table, failure_kinds,
@@ -118,7 +119,10 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "docs" / "results-sudoku.md"))
     ap.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto; the speed section runs on a CPU only")
     args = ap.parse_args()
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except (ConfigError, RuntimeError) as e:
+        ap.error(f"--device {args.device}: {e}")
     nfes = [int(v) for v in args.nfe.split(",")]
     torch.set_num_threads(max(1, torch.get_num_threads()))
     sources = {"MDM": args.mdm or bundled_path("sudoku-mdm"), "VMD": args.vmd or bundled_path("sudoku-vmd")}
