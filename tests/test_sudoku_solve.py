@@ -109,6 +109,27 @@ def test_cpu_biased_attention_matches_sdpa_in_values_and_gradients():
     assert not torch.allclose(dropped, ours, atol=1e-3)
 
 
+def test_trunk_gives_the_same_values_and_gradients_whichever_attention_path_runs():
+    """A learned relation bias goes through the per-head CPU path; a bias without a gradient
+    (solving, or a frozen denoiser) through SDPA with a 4-D mask. Same logits, same input gradients."""
+    from vmd.model.transformer import Trunk
+
+    torch.manual_seed(0)
+    trunk = Trunk(10, 81, 32, 2, 4, layout=sudoku_layout(), relation_bias=True)
+    with torch.no_grad():
+        trunk.relation_logits.normal_()  # zero at initialisation: give the bias something to do
+    ids = torch.randint(0, 10, (5, 81))
+    learned = trunk(ids)
+    with torch.no_grad():
+        solving = trunk(ids)
+    assert torch.allclose(learned, solving, atol=1e-5)
+    g = torch.randn_like(learned)
+    ref = torch.autograd.grad((learned * g).sum(), trunk.blocks[0].qkv.weight)[0]
+    trunk.relation_logits.requires_grad_(False)
+    frozen = torch.autograd.grad((trunk(ids) * g).sum(), trunk.blocks[0].qkv.weight)[0]
+    assert torch.allclose(frozen, ref, atol=1e-4)
+
+
 def test_puzzle_training_never_masks_the_givens():
     task = make_task(sudoku_cfg(source="puzzles", grids=20, min_givens=30, max_givens=36).task)
     x0, given = task.train_batch(32, torch.Generator().manual_seed(0))

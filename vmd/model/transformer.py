@@ -24,15 +24,16 @@ from torch import nn
 
 
 def _biased_attention(qkv, heads: int, bias, dropout_p: float):
-    """softmax(q k^T / sqrt(d) + bias) v from the fused projection (B, L, 3 * dim), for the CPU.
+    """softmax(q k^T / sqrt(d) + bias) v from the fused projection (B, L, 3 * dim), for CPU
+    training, where the bias is learned.
 
-    Given a float mask, torch's SDPA takes its generic CPU path, which also scans the mask
-    for rows of -inf (`isneginf`, `all`, `where`); attention was then half of a Sudoku
-    denoiser call. Here each head is one ``baddbmm`` (scale and bias fused into the logits
-    product) and one ``bmm``, on strided views of the projection: q, k and v are never copied
-    into a head-major layout, and only the heads' outputs are joined (35% less attention time
-    at a Sudoku solve batch, 11% less in training). Same result within float rounding; CUDA
-    keeps SDPA, which has fused kernels for float masks.
+    Given a float mask that needs a gradient, torch's SDPA takes its generic CPU path, which
+    also scans the mask for rows of -inf (`isneginf`, `all`, `where`). Here each head is one
+    ``baddbmm`` (scale and bias fused into the logits product) and one ``bmm``, on strided
+    views of the projection: q, k and v are never copied into a head-major layout, and only
+    the heads' outputs are joined (11% less attention time in training). Same result within
+    float rounding. Where the bias needs no gradient (solving, sampling), SDPA's fused CPU
+    kernel takes it as a 4-D mask and is faster still (``Block.attention``).
     """
     b, n, three_dim = qkv.shape
     d = three_dim // (3 * heads)
@@ -99,8 +100,11 @@ class Block(nn.Module):
         p = self.dropout if self.training else 0.0
         if bias is not None:  # under autocast the projection may be in half precision; the mask must match it
             bias = bias.to(qkv.dtype)
-        if bias is not None and qkv.device.type == "cpu":
-            return self.proj(_biased_attention(qkv, self.heads, bias, p))
+            if bias.requires_grad and qkv.device.type == "cpu":
+                return self.proj(_biased_attention(qkv, self.heads, bias, p))
+            # (1, heads, L, L): SDPA's fused CPU kernel takes a 4-D float mask (a 3-D one sends it to
+            # the generic path); a Sudoku solve's attention is 1.4x faster than the per-head products
+            bias = bias[None]
         q, k, v = qkv.view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
