@@ -33,8 +33,10 @@ ROOT = Path(__file__).resolve().parent.parent
 D1 = ("synthetic-d1-mdm", "synthetic-d1-vmd")
 # (label, (MDM preset, VMD preset), overrides, timed blocks, steps per block) for the step-cost table
 STEP_COSTS = [
-    ("D1 presets (dim 64, 2 layers)", D1, (), 15, 20),
+    ("D1 presets (dim 64, 2 layers; learned conditional mixture prior)", D1, (), 15, 20),
     ("D1 backbone, the paper's VMD (N(0, I) prior, no prior network)", D1, ("latent.prior=normal",), 15, 20),
+    ("D2 presets (dim 64, 2 layers; one-layer encoder and prior, 128-part mixture prior)",
+     ("synthetic-d2-mdm", "synthetic-d2-vmd"), (), 5, 20),
     ("D1 presets at dim 256, 6 layers", D1, ("model.dim=256", "model.layers=6"), 3, 10),
     ("Sudoku CPU presets (dim 96, 8 layers; encoder and prior 1 layer)", ("sudoku-mdm-tiny", "sudoku-vmd-tiny"), (), 3, 4),
 ]
@@ -273,23 +275,29 @@ def report(results, args, cost, corr, png, bounds) -> str:
               "therefore map z to the adaLN modulations by one linear map (`latent.adaln: linear`; the default MLP's "
               "hidden layer is 8x that arithmetic), and D1's learned mixture prior has 10 parts of width 32. That "
               "prior network and its mixture KL are what separate the D1 preset from the paper's VMD, whose N(0, I) "
-              "prior has neither (second row); the preset keeps the learned prior for its tighter NELBO (its "
-              "comment gives both). On a larger backbone the ratio falls towards the share of arithmetic the latent "
-              "path adds; the Sudoku row keeps the default MLP readout."]
+              "prior has neither (second row). The D2 VMD needs a one-layer transformer encoder that sees the mask "
+              "and a 128-part mixture prior read by another one-layer transformer (docs/d2-sweep.md; one seed each: with a "
+              "pooled encoder it fell to 85% at NFE 1, with encoder and prior pooled to 60%): on a 2-layer backbone each is half the denoiser's "
+              "work again. On a larger backbone the ratio falls towards the share of arithmetic the latent path "
+              "adds; the Sudoku row keeps the default MLP readout."]
     lines += ["", "Where the D1 preset's extra time goes (2026-12-01, 2-core Xeon, forward and backward of one batch "
               "of 256, medians of 30 paired rounds, scratch script): the MDM's denoiser 7.0 ms; the same denoiser "
               "reading z through the adaLN 8.7 ms (+1.6 ms: each block's four modulations are small broadcast "
               "multiply-adds whose backward adds reductions, on tensors of 256 x 4 x 64); the encoder 0.6 ms; the prior "
               "network and the mixture KL 0.9 ms (the mixture KL alone 0.41 ms, one Gaussian's 0.13 ms). Tried for the "
-              "D1 preset (at 3000 steps) and not adopted: one Gaussian as the conditional prior (`latent.components=1`, ratio 1.32) "
+              "D1 preset and not adopted: one Gaussian as the conditional prior (`latent.components=1`, ratio 1.32) "
               "gives a one-step KL of 0.27 (target 0.1); a z path that only shifts each norm's output (no scale, no "
-              "gates; ratio 1.28-1.30) matches the full adaLN on D1 (98.4 / 96.3 / 99.7% at seeds 0 / 1 / 2, against "
-              "98.4 / 99.4 / 98.7%) but reads z far worse on the tests' tiny two-token model (27-53% at NFE 1 over "
-              "three seeds, against 75-80%). The preset also moved with the seed: at the 3000 steps it trained then, its "
-              "one-step KL was 0.028 / 0.079 / 0.115 / 0.054 / 0.011 at seeds 0-4 (accuracy 98.4 / 99.4 / 98.7 / 98.5 / "
-              "99.6%), above the target at seed 2. With 5000 steps, as the D1 presets now train, seeds 0-4 give a one-step KL of 0.018 / 0.049 "
-              "/ 0.027 / 0.026 / 0.006, accuracy 99.0 / 99.4 / 99.4 / 99.1 / 99.6% and a NELBO of 2.80 / 3.67 / 4.01 / 3.45 / "
-              "2.71 nats (3000 steps: 3.11 / 4.26 / 5.28 / 4.25 / 3.11); each trained in 61-64 s."]
+              "gates; ratio 1.28-1.30) reads z far worse on the tests' tiny two-token model (27-53% at NFE 1 over "
+              "three seeds, against 75-80%); adaLN without its gates (shift and scale only, as VADD; ratio 1.32-1.34, "
+              "1.30 with the pooled MLPs of encoder and prior also removed; 99.3 / 99.3 / 99.5% at seeds 0-2). The "
+              "paper's N(0, I) prior meets the step cost (second row) and the targets, but samples and bounds worse: "
+              "five seeds at 5000 steps gave 97.6 / 98.0 / 99.2 / 98.5 / 98.0% at NFE 1 by argmax (KL 0.009-0.033) "
+              "and a NELBO of 10.1-11.1 nats, and in a full run of this script as the preset, 78.9% at temperature 1 "
+              "(KL 0.247) against the learned prior's 97%; that prior knows k once one token is revealed, where "
+              "N(0, I) charges each revealed token the full KL of k. The preset keeps the learned prior. With it, "
+              "seeds 0-4 give a one-step KL of 0.018 / 0.049 / 0.027 / 0.026 / 0.006, accuracy 99.0 / 99.4 / 99.4 / "
+              "99.1 / 99.6% and a NELBO of 2.80 / 3.67 / 4.01 / 3.45 / 2.71 nats at 5000 steps (at 3000 steps the KL "
+              "reached 0.115 at seed 2); each trained in 61-64 s."]
     lines += ["", "## Targets of the core issue", "", "| target | measured | met |", "|---|---|---|"]
     lines += targets(results, cost)
     lines += ["", "D2 at NFE 1 moves by a few points from one training run to the next (by argmax, 94.4-98.0% over "
