@@ -253,10 +253,11 @@ def test_vmd_sample_draws_whole_grids(trained):
     assert len(lines) == 3 and all(len(x) == 81 and set(x) <= set("123456789") for x in lines)
 
 
-def test_fused_cpu_mlp_in_inference_gives_the_plain_mlps_values():
-    """Without gradients on the CPU the MLP may run as one oneDNN linear+GELU call; the denoiser's
-    logits must not change (a VMD block too, whose MLP input is modulated)."""
-    from vmd.model.transformer import _probe_fused_linear, fused_mlp_applies
+def test_fused_cpu_linear_layers_in_inference_give_the_plain_ops_values():
+    """Without gradients on the CPU the linear layers may run as oneDNN calls with the bias (and
+    the MLP's GELU) fused; the denoiser's logits must not change (a VMD block too, whose inputs
+    are modulated)."""
+    from vmd.model.transformer import _probe_fused_linear, fused_linear_applies
 
     torch.manual_seed(0)
     for method in ("mdm", "vmd"):
@@ -269,7 +270,7 @@ def test_fused_cpu_mlp_in_inference_gives_the_plain_mlps_values():
         z = torch.randn(4, model.latent_dim) if model.latent_dim else None
         plain = model(x, z)  # gradients enabled: the plain ops
         with torch.no_grad():
-            assert fused_mlp_applies(torch.zeros(1)) == _probe_fused_linear()
+            assert fused_linear_applies(torch.zeros(1)) == _probe_fused_linear()
             assert torch.allclose(model(x, z), plain, atol=1e-4)
             with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast picks the dtypes: the plain ops
-                assert not fused_mlp_applies(torch.zeros(1))
+                assert not fused_linear_applies(torch.zeros(1))
