@@ -73,7 +73,7 @@ def generation_rate(lo: int, hi: int, n: int) -> float:
 def forward_flops(model, batch: int = 64) -> float:
     """FLOPs of one denoiser call per puzzle (z drawn from the prior included for a VMD). Counted
     with gradients on, so that the plain ops run: the counter does not see inside the fused oneDNN
-    MLP call that inference without gradients uses on a CPU (vmd/model/transformer.py)."""
+    linear calls that inference without gradients uses on a CPU (vmd/model/transformer.py)."""
     x = torch.full((batch, 81), model.mask_id)
     with FlopCounterMode(display=False) as counter:
         model(x, model.sample_z(x))
