@@ -93,6 +93,11 @@ class Block(nn.Module):
             one = torch.zeros(6, dim)
             one[[1, 2, 4, 5]] = 1.0
             self.register_buffer("_one", one.flatten(), persistent=False)
+            # the norms' affine is the modulation's; torch's CPU layer norm without a weight and bias
+            # runs about 2x slower than with them (220 against 117 us at 64 x 81 x 96), so it gets a
+            # constant unit weight and zero bias: the same values, exactly
+            self.register_buffer("_unit", torch.ones(dim), persistent=False)
+            self.register_buffer("_zero", torch.zeros(dim), persistent=False)
 
     def attention(self, h: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         b, n, d = h.shape
@@ -136,8 +141,12 @@ class Block(nn.Module):
             return x + self.feed_forward(self.norm2(x))
         # one fused multiply-add per modulation: addcmul(a, b, c) = a + b * c
         shift1, scale1, gate1, shift2, scale2, gate2 = (mod[:, None, :] + self._one).chunk(6, dim=-1)
-        x = torch.addcmul(x, gate1, self.attention(torch.addcmul(shift1, self.norm1(x), scale1), bias))
-        return torch.addcmul(x, gate2, self.feed_forward(torch.addcmul(shift2, self.norm2(x), scale2)))
+        x = torch.addcmul(x, gate1, self.attention(torch.addcmul(shift1, self._normed(self.norm1, x), scale1), bias))
+        return torch.addcmul(x, gate2, self.feed_forward(torch.addcmul(shift2, self._normed(self.norm2, x), scale2)))
+
+    def _normed(self, norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+        """A modulated block's norm (no affine of its own) with the unit weight and zero bias."""
+        return F.layer_norm(x, norm.normalized_shape, self._unit, self._zero, norm.eps)
 
 
 class Trunk(nn.Module):
