@@ -89,7 +89,7 @@ def child(preset: str, overrides: list[str], run_dir: Path, deadline: float, pro
     (run_dir / "session.json").write_text(json.dumps(meta, indent=1))
 
 
-def split(path: Path, out: Path) -> list[dict]:
+def split(path: Path, out: Path) -> dict:
     """Write ``path`` under ``out`` as parts of at most PART_BYTES; their names and the whole file's SHA-256."""
     data = path.read_bytes()
     parts = []
@@ -97,7 +97,7 @@ def split(path: Path, out: Path) -> list[dict]:
         name = f"{path.stem}.part{i // PART_BYTES}"
         (out / name).write_bytes(data[i: i + PART_BYTES])
         parts.append(name)
-    return [{"file": path.name, "parts": parts, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}]
+    return {"file": path.name, "parts": parts, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
 
 
 def join(folder: Path) -> None:
@@ -194,7 +194,7 @@ def main() -> None:
             try:
                 half = args.runs / f"{preset}.safetensors"
                 checkpoint.export_model(run, half, half=True)
-                summary["files"] += split(half, args.out)
+                summary["files"].append(split(half, args.out))
             except Exception as e:  # noqa: BLE001 - reported in session.json, then the exit code
                 summary.setdefault("export_errors", {})[preset] = f"{type(e).__name__}: {e}"
     (args.out / "session.json").write_text(json.dumps(summary, indent=1))

@@ -105,14 +105,15 @@ class Block(nn.Module):
         p = self.dropout if self.training else 0.0
         if bias is not None:  # under autocast the projection may be in half precision; the mask must match it
             bias = bias.to(qkv.dtype)
-            if bias.requires_grad and qkv.device.type == "cpu":
-                return self.proj(_biased_attention(qkv, self.heads, bias, p))
-            # (1, heads, L, L): SDPA's fused CPU kernel takes a 4-D float mask (a 3-D one sends it to
-            # the generic path); a Sudoku solve's attention is 1.4x faster than the per-head products
-            bias = bias[None]
-        q, k, v = qkv.view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)
-        return self.linear(self.proj, out.transpose(1, 2).reshape(b, n, d))
+        if bias is not None and bias.requires_grad and qkv.device.type == "cpu":
+            out = _biased_attention(qkv, self.heads, bias, p)
+        else:
+            # a bias as (1, heads, L, L): SDPA's fused CPU kernel takes a 4-D float mask (a 3-D one sends
+            # it to the generic path); a Sudoku solve's attention is 1.4x faster than the per-head products
+            q, k, v = qkv.view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if bias is None else bias[None], dropout_p=p)
+            out = out.transpose(1, 2).reshape(b, n, d)
+        return self.linear(self.proj, out)
 
     @staticmethod
     def linear(layer: nn.Linear, h: torch.Tensor, activation: str = "none") -> torch.Tensor:
@@ -129,8 +130,7 @@ class Block(nn.Module):
                                                   ).view(*h.shape[:-1], -1)
 
     def feed_forward(self, h: torch.Tensor) -> torch.Tensor:
-        if not fused_linear_applies(h):
-            return self.mlp(h)
+        """``self.mlp(h)``, layer by layer through ``linear`` (its GELU is exact, as ``mlp[1]``)."""
         return self.linear(self.mlp[2], self.linear(self.mlp[0], h, "gelu"))
 
     def forward(self, x, mod=None, bias=None):
