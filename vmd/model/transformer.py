@@ -121,7 +121,7 @@ class Block(nn.Module):
         with the bias (and the GELU) fused: the plain op first copies the bias into every output
         row, and the GELU writes the hidden activations again. Same values within rounding; the
         bundled Sudoku models solve 11-14% more puzzles/s from the MLP's first layer, and the MDM
-        7% more from the attention's projections (docs/sudoku-history.md)."""
+        6-7% more from the attention's projections (docs/sudoku-history.md)."""
         if not fused_linear_applies(h):
             return F.gelu(layer(h)) if activation == "gelu" else layer(h)
         algorithm = "none" if activation == "gelu" else ""  # exact GELU (erf), as nn.GELU()
