@@ -88,7 +88,7 @@ def speed(models, puzzles, rounds: int = 5, nfe: int = 10, batch_size: int = SPE
     Returns ({name: (puzzles/s, model FLOP/s, share, (lowest, highest share))}, median matmul FLOP/s)."""
     per_puzzle = {name: forward_flops(model) * nfe for name, (model, _, _) in models.items()}
     for model, _, _ in models.values():
-        solve(model, puzzles[:batch_size], nfe=2, batch_size=batch_size)  # warm-up
+        solve(model, puzzles[:2 * batch_size], nfe=2, batch_size=batch_size)  # warm-up, batches side by side too
     rates: dict = {name: [] for name in models}
     shares: dict = {name: [] for name in models}
     mms = []
@@ -139,7 +139,8 @@ def main() -> None:
         print(f"{set_name}: {n} puzzles, {lo}-{hi} givens (ready in {time.perf_counter() - t0:.0f} s)", flush=True)
         for name, (model, cfg, _) in models.items():
             t0 = time.perf_counter()
-            table = accuracy_table(model, puzzles, nfes=nfes, strategies=DEFAULT_STRATEGIES,
+            # one batch of up to 256 per set, as in every earlier run: the same draws, so tables compare
+            table = accuracy_table(model, puzzles, nfes=nfes, strategies=DEFAULT_STRATEGIES, batch_size=256,
                                    z_policy=cfg.sample.z_policy, schedule=cfg.diffusion.schedule, device=device,
                                    per_puzzle=True)
             results[(set_name, name)] = table["accuracy"]
@@ -148,7 +149,7 @@ def main() -> None:
                   + f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
             if model.has_latent:  # posterior-guided z (method.md §5), top-margin only
                 table = accuracy_table(model, puzzles, nfes=nfes, strategies=("top-margin",), z_policy="posterior",
-                                       schedule=cfg.diffusion.schedule, device=device)
+                                       batch_size=256, schedule=cfg.diffusion.schedule, device=device)
                 results[(set_name, name, "posterior")] = table["accuracy"]["top-margin"]
                 results[(set_name, name, "known")] = {  # z from the encoder given the answer: a bound
                     nfe: known_solution_accuracy(model, puzzles, solutions, nfe=nfe, schedule=cfg.diffusion.schedule,
@@ -242,7 +243,8 @@ def write(args, sources, models, nfes, results, perf, mm, gen, device) -> None:
                 lines.append(f"| {set_name} | {nfe} | " + " | ".join(
                     f"{k['failed']} | {k['same_step']} | {k['across_steps']}" for k in kinds) + " |")
     if perf:
-        lines += ["", f"## Solving speed (NFE 10, top-margin, batches of {SPEED_BATCH} as `vmd solve` uses on a CPU, 256 easy puzzles)", "",
+        lines += ["", f"## Solving speed (NFE 10, top-margin, batches of {SPEED_BATCH} as `vmd solve` uses on a CPU, "
+                  f"{torch.get_num_threads()} side by side, one per torch thread, 256 easy puzzles)", "",
                   "| model | puzzles/s | GFLOP/s | share of a plain 1024x1024 matmul | lowest-highest round |",
                   "|---|---|---|---|---|"]
         for name, (rate, flops, share, (lo, hi)) in perf.items():

@@ -161,8 +161,9 @@ def test_restarts_of_an_mdm_take_another_path_and_solve_more(trained):
     retried = ~once.solved
     assert 0 < retried.sum() < len(puzzles) and torch.equal(again.solved[once.solved], once.solved[once.solved])
     assert (again.attempts[retried] > 1).all() and (again.attempts[once.solved] == 1).all()
-    # argmax values, but a perturbed order: the retries do not repeat the first attempt
-    assert (again.grids[retried] != once.grids[retried]).any(1).double().mean() > 0.5
+    # argmax values, but a perturbed order: the retries do not repeat the first attempt (without the
+    # order noise none would differ; with it 36-55% of the last attempts did, seeds 0-7)
+    assert (again.grids[retried] != once.grids[retried]).any(1).double().mean() > 0.25
     assert again.solved.sum() > once.solved.sum()
 
 
@@ -244,6 +245,23 @@ def test_solving_with_the_bundled_model():
     # the bundled CPU-trained VMD solves all 200 easy test puzzles at NFE 50 (docs/results-sudoku.md)
     result = solve(model, torch.tensor([p for p, _ in pairs]), nfe=50, z_policy=cfg.sample.z_policy)
     assert result.solved.double().mean() >= 0.75
+
+
+def test_batches_solved_side_by_side_give_what_one_at_a_time_gives():
+    """Each batch draws from its own seeded generator: the worker threads must not change a draw."""
+    from vmd.checkpoint import load_model
+    from vmd.models import bundled_path
+
+    rng = random.Random(5)
+    puzzles = torch.tensor([make_puzzle(rng, 24, 30)[0] for _ in range(10)])
+    model, _, _ = load_model(bundled_path("sudoku-vmd"))
+    threads = torch.get_num_threads()
+    kw = dict(nfe=3, strategy="random", z_policy="step", restarts=1, batch_size=3)  # 4 batches, z and order drawn
+    alone, side = solve(model, puzzles, workers=1, **kw), solve(model, puzzles, workers=3, **kw)
+    assert torch.get_num_threads() == threads
+    for a, b in ((alone.grids, side.grids), (alone.solved, side.solved), (alone.attempts, side.attempts)):
+        assert torch.equal(a, b)
+    assert not torch.equal(alone.grids, solve(model, puzzles, workers=3, seed=1, **kw).grids)  # the draws matter
 
 
 def test_vmd_sample_draws_whole_grids(trained):

@@ -23,7 +23,7 @@ DEFAULT_STRATEGIES = ("random", "top-prob", "top-margin")
 
 
 def accuracy_table(model, puzzles: torch.Tensor, *, nfes=DEFAULT_NFES, strategies=DEFAULT_STRATEGIES,
-                   restarts: int = 0, batch_size: int = 256, seed: int = 0, z_policy: str = "once",
+                   restarts: int = 0, batch_size: int | None = None, seed: int = 0, z_policy: str = "once",
                    schedule: str = "linear", device="cpu", per_puzzle: bool = False,
                    on_batch: Callable[[int], None] | None = None) -> dict:
     """{"accuracy": {strategy: {nfe: share solved}}, "puzzles_per_s": {strategy: {nfe: rate}}}; with
