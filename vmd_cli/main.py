@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vmd import config as C
+from vmd.allocator import keep_freed_memory
 from vmd.errors import VmdError
 
 app = typer.Typer(
@@ -225,6 +226,7 @@ import vmd_cli.sudoku  # noqa: E402,F401  (registers vmd solve)
 
 
 def main() -> None:
+    keep_freed_memory()  # this process is the application: see vmd/allocator.py
     try:
         app()
     except KeyboardInterrupt:
