@@ -70,7 +70,8 @@ def solve(
     restarts: int = typer.Option(0, help="Retry each failed puzzle up to K times, with fresh z draws and a perturbed fill order."),
     fmt: str = typer.Option("grid", "--format", help="Output: grid (drawn), line (81 characters) or json (one object per line)."),
     seed: int = typer.Option(0, help="Sampling seed."),
-    batch_size: Optional[int] = typer.Option(None, help="Puzzles per batch \\[default: 64 on a CPU, 256 on a GPU]."),
+    batch_size: Optional[int] = typer.Option(None, help="Puzzles per batch \\[default: 64 on a CPU, 256 on a GPU]. On a "
+                                             "CPU, one batch per torch thread (OMP_NUM_THREADS) runs at a time."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or mps \\[default: the model's]."),
 ):
     """Solve every puzzle in FILE; failures are marked, a summary ends the output."""
