@@ -50,6 +50,12 @@ def test_failure_kinds_count_the_failures_that_solve_reports():
         assert kinds["failed"] == failed[nfe]
         assert kinds["same_step"] + kinds["across_steps"] == failed[nfe]  # every cell is filled: a failure breaks a rule
     assert failed[1] > 0  # at NFE 1 the bundled MDM fails about 40% of easy puzzles (docs/results-sudoku.md)
+    # a VMD drawing z every step: the same draws, batch by batch, as solve's
+    model = load_model(bundled_path("sudoku-vmd"))[0]
+    for seed in (0, 1):
+        kinds = failure_kinds(model, puzzles, nfe=1, batch_size=8, z_policy="step", strategy="random", seed=seed)
+        result = solve(model, puzzles, nfe=1, batch_size=8, z_policy="step", strategy="random", seed=seed)
+        assert kinds["failed"] == int((~result.solved).sum())
 
 
 def test_known_solution_z_is_encoded_from_the_answer_and_the_current_mask():
