@@ -245,7 +245,7 @@ def write(args, sources, models, nfes, results, perf, mm, gen, device) -> None:
                     f"{k['failed']} | {k['same_step']} | {k['across_steps']}" for k in kinds) + " |")
     if perf:
         lines += ["", f"## Solving speed (NFE 10, top-margin, batches of {SPEED_BATCH} as `vmd solve` uses on a CPU, "
-                  f"{torch.get_num_threads()} side by side, one per torch thread, 256 easy puzzles)", "",
+                  f"{min(torch.get_num_threads(), 256 // SPEED_BATCH)} side by side, one per torch thread, 256 easy puzzles)", "",
                   "| model | puzzles/s | GFLOP/s | share of a plain 1024x1024 matmul | lowest-highest round |",
                   "|---|---|---|---|---|"]
         for name, (rate, flops, share, (lo, hi)) in perf.items():

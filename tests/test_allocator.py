@@ -50,7 +50,7 @@ def test_other_glibc_tunables_do_not_stop_it(monkeypatch):
     assert keep_freed_memory() is GLIBC
 
 
-def test_the_vmd_command_applies_it_before_any_work(monkeypatch, capsys):
+def test_the_vmd_command_applies_it_before_any_work(monkeypatch):
     calls = []
     monkeypatch.setattr(cli, "keep_freed_memory", lambda: calls.append("malloc"))
     monkeypatch.setattr(cli, "app", lambda: calls.append("app"))

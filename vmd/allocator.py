@@ -12,7 +12,7 @@ a solve took 0 to 330,000 page faults, and the runs that had many were up to 17%
 ``keep_freed_memory`` fixes both thresholds high, so freed blocks stay mapped for reuse: a
 process then holds on to about its peak memory. It changes the whole process, so the library
 never calls it; the ``vmd`` command and the benchmarks do, at start. A user's own glibc malloc
-settings (``MALLOC_*_`` variables, ``GLIBC_TUNABLES``) are left alone.
+settings (``MALLOC_*`` variables, ``glibc.malloc`` tunables) are left alone.
 """
 
 from __future__ import annotations
@@ -39,4 +39,6 @@ def keep_freed_memory() -> bool:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) & bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    mmap_set = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    trim_set = bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))  # set even if the first was refused
+    return mmap_set and trim_set
