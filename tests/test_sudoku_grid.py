@@ -71,6 +71,7 @@ def test_writers_round_trip():
     ("\n".join(as_rows(PUZZLE)[:5]) + "\n\n" + PUZZLE, "f:1: grid has 5 rows, expected 9"),
     ("puzzle,solution\n" + PUZZLE + "," + SOLUTION[:-1] + "2\n", "f:2: the solution given does not solve the puzzle"),
     ("quizzes\n123\n", "f:2: puzzle has 3 cells, expected 81"),
+    pytest.param('puzzle\n"' + ("1" * 1000 + "\n") * 140, "bad CSV (field larger than field limit", id="csv-field"),
 ])
 def test_malformed_input_names_the_line_and_the_reason(text, message):
     with pytest.raises(DataError) as e:
@@ -105,3 +106,55 @@ def test_the_drawn_grid_of_vmd_solve_reads_back():
     drawn = draw(g, g, set()).plain
     assert "|" in drawn and "+" in drawn
     assert parse(drawn)[0].grid == g
+
+
+def test_a_byte_order_mark_is_dropped_on_stdin_and_in_files(tmp_path, monkeypatch):
+    import io
+    import sys
+
+    bom = b"\xef\xbb\xbf" + PUZZLE.encode() + b"\n"
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(bom), encoding="utf-8"))
+    (p,) = read_puzzles("-")
+    assert p.grid == grid_of(PUZZLE) and p.source == "<stdin>:1"
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\ufeff" + PUZZLE + "\n"))  # a stream with no bytes under it
+    assert read_puzzles("-")[0].grid == grid_of(PUZZLE)
+    f = tmp_path / "bom.sdk"
+    f.write_bytes(b"\xef\xbb\xbf" + "\n".join(as_rows(PUZZLE)).encode())
+    assert read_puzzles(f)[0].grid == grid_of(PUZZLE)
+
+
+def test_a_directory_or_an_empty_file_is_named_for_what_it_is(tmp_path):
+    with pytest.raises(DataError, match="is a directory"):
+        read_puzzles(tmp_path)
+    with pytest.raises(DataError, match=r"^/dev/null: is empty: no puzzles$"):
+        read_puzzles("/dev/null")
+    (tmp_path / "zero.txt").write_bytes(b"")
+    with pytest.raises(DataError, match="zero.txt: is empty: no puzzles"):
+        read_puzzles(tmp_path / "zero.txt")
+    (tmp_path / "bin.dat").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(DataError, match="bin.dat: not a text file"):
+        read_puzzles(tmp_path / "bin.dat")
+
+
+@pytest.mark.parametrize("head", ["", "puzzle,solution\n"])
+def test_an_overlong_line_is_refused_after_reading_a_bounded_part_of_it(tmp_path, monkeypatch, head):
+    import io
+    import sys
+    import time
+    import tracemalloc
+
+    f = tmp_path / "one-line.txt"
+    f.write_text(head + "1" * 8_000_000 + "\n")
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    with pytest.raises(DataError) as e:
+        read_puzzles(f)
+    seconds = time.perf_counter() - t0
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    line = 2 if head else 1
+    assert str(e.value) == f"{f}:{line}: line longer than 1024 characters (no puzzle format has lines that long)"
+    assert peak < 1_000_000 and seconds < 1.0  # the 8 MB line is never held whole
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(f.read_bytes()), encoding="utf-8"))
+    with pytest.raises(DataError, match=f"<stdin>:{line}: line longer than 1024"):
+        read_puzzles("-")

@@ -10,17 +10,21 @@ A grid is a tuple of 81 ints, row by row, 0 for a blank and 1-9 for a digit. Rea
 - CSV with a header naming the puzzle column (``quizzes``, ``puzzle``, ``puzzles``, ``quiz``)
   and optionally the solution column (``solutions``, ``solution``), as Kaggle's sets have.
 
-Every error names the source, the line and the reason.
+Every error names the source, the line and the reason. Files and stdin are read as UTF-8 (a
+byte-order mark is dropped) one line at a time, and a line longer than ``MAX_LINE`` is refused
+as soon as it is seen, so a huge or binary file costs neither time nor memory.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator, TextIO
 
 from vmd.errors import DataError
 
@@ -28,6 +32,8 @@ BLANKS = frozenset(".0_*Xx")
 BORDER = frozenset("-=+*|")
 PUZZLE_COLUMNS = ("quizzes", "puzzle", "puzzles", "quiz")
 SOLUTION_COLUMNS = ("solutions", "solution")
+# The longest line read: a CSV row of puzzle, solution and a few more columns is well under it.
+MAX_LINE = 1024
 
 # The 27 units (9 rows, 9 columns, 9 boxes) as lists of cell indices.
 ROWS = [[r * 9 + c for c in range(9)] for r in range(9)]
@@ -115,27 +121,30 @@ def _checked(grid, solution, where: str) -> Puzzle:
     return Puzzle(grid, solution, where)
 
 
-def _read_csv(text: str, name: str) -> list[Puzzle]:
-    rows = csv.reader(io.StringIO(text))
-    header = [h.strip().lower() for h in next(rows)]
+def _read_csv(lines: Iterable[str], name: str) -> list[Puzzle]:
+    rows = csv.reader(lines)
+    header = [h.strip().lower() for h in next(row for row in rows if row)]
     col = next((header.index(c) for c in PUZZLE_COLUMNS if c in header), None)
     if col is None:
         raise DataError(f"{name}:1: CSV header has no puzzle column (one of {', '.join(PUZZLE_COLUMNS)})")
     sol = next((header.index(c) for c in SOLUTION_COLUMNS if c in header), None)
     out = []
-    for n, row in enumerate(rows, 2):
-        if not row or not "".join(row).strip():
-            continue
-        where = f"{name}:{n}"
-        if len(row) <= max(col, sol or 0):
-            raise DataError(f"{where}: {len(row)} fields, the header has {len(header)}")
-        cells = row[col].strip()
-        if len(cells) != 81:
-            raise DataError(f"{where}: puzzle has {len(cells)} cells, expected 81")
-        solution = _cells(row[sol].strip(), where) if sol is not None and row[sol].strip() else None
-        if solution is not None and len(solution) != 81:
-            raise DataError(f"{where}: solution has {len(solution)} cells, expected 81")
-        out.append(_checked(_cells(cells, where), solution, where))
+    try:
+        for row in rows:
+            if not row or not "".join(row).strip():
+                continue
+            where = f"{name}:{rows.line_num}"
+            if len(row) <= max(col, sol or 0):
+                raise DataError(f"{where}: {len(row)} fields, the header has {len(header)}")
+            cells = row[col].strip()
+            if len(cells) != 81:
+                raise DataError(f"{where}: puzzle has {len(cells)} cells, expected 81")
+            solution = _cells(row[sol].strip(), where) if sol is not None and row[sol].strip() else None
+            if solution is not None and len(solution) != 81:
+                raise DataError(f"{where}: solution has {len(solution)} cells, expected 81")
+            out.append(_checked(_cells(cells, where), solution, where))
+    except csv.Error as e:
+        raise DataError(f"{name}:{rows.line_num}: bad CSV ({e})") from None
     return out
 
 
@@ -145,10 +154,20 @@ def _is_csv(first: str) -> bool:
 
 def parse(text: str, name: str = "<input>") -> list[Puzzle]:
     """Every puzzle in ``text``; raises DataError naming ``name``, the line and the reason."""
-    lines = text.splitlines()
-    first = next((ln for ln in lines if ln.strip()), "")
+    return parse_lines(text.splitlines(), name)
+
+
+def parse_lines(lines: Iterable[str], name: str = "<input>") -> list[Puzzle]:
+    """Every puzzle in an iterable of lines (read one at a time, so a stream is never held whole)."""
+    lines = iter(lines)
+    blank, first = 0, ""
+    for first in lines:  # the first non-blank line tells CSV from the grid formats
+        if first.strip():
+            break
+        blank += 1
+    lines = itertools.chain(itertools.repeat("", blank), [first] if first.strip() else [], lines)
     if _is_csv(first):
-        return _read_csv(text, name)
+        return _read_csv(lines, name)
     out: list[Puzzle] = []
     rows: list[tuple[int, ...]] = []
     start = 0
@@ -185,20 +204,53 @@ def parse(text: str, name: str = "<input>") -> list[Puzzle]:
     return out
 
 
-def read_puzzles(path: str | Path) -> list[Puzzle]:
-    """Read a puzzle file (``-`` is stdin); at least one puzzle, or a DataError."""
-    if str(path) == "-":
-        text, name = sys.stdin.read(), "<stdin>"
-    else:
-        p = Path(path)
-        if not p.is_file():
-            raise DataError(f"{path}: no such file")
-        try:
-            text = p.read_text(encoding="utf-8-sig")
-        except UnicodeDecodeError as e:
-            raise DataError(f"{path}: not a text file ({e.reason})") from None
-        name = str(path)
-    puzzles = parse(text, name)
+def _bounded_lines(stream: TextIO, name: str, seen: list[int]) -> Iterator[str]:
+    """The lines of ``stream``, each read with a bound: a line longer than any format has is an
+    error at once, not after reading it whole. A leading byte-order mark is dropped; ``seen[0]``
+    counts the lines read."""
+    while True:
+        line = stream.readline(MAX_LINE + 1)
+        if not line:
+            return
+        seen[0] += 1
+        if seen[0] == 1:
+            line = line.removeprefix("\ufeff")
+        if len(line.rstrip("\r\n")) > MAX_LINE:
+            raise DataError(f"{name}:{seen[0]}: line longer than {MAX_LINE} characters (no puzzle format has lines "
+                            "that long)")
+        yield line
+
+
+def _read_stream(stream: TextIO, name: str) -> list[Puzzle]:
+    seen = [0]
+    try:
+        puzzles = parse_lines(_bounded_lines(stream, name, seen), name)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{name}: not a text file ({e.reason})") from None
     if not puzzles:
-        raise DataError(f"{name}: no puzzles found")
+        raise DataError(f"{name}: is empty: no puzzles" if seen[0] == 0 else f"{name}: no puzzles found")
     return puzzles
+
+
+def read_puzzles(path: str | Path) -> list[Puzzle]:
+    """Read a puzzle file (``-`` is stdin) line by line as UTF-8; at least one puzzle, or a DataError.
+
+    A directory or an empty file is named as such; a pipe or device is read like a file."""
+    if str(path) == "-":
+        if not hasattr(sys.stdin, "buffer"):  # a text stream with no bytes under it (tests, embedding)
+            return _read_stream(sys.stdin, "<stdin>")
+        stream = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig")
+        try:
+            return _read_stream(stream, "<stdin>")
+        finally:
+            stream.detach()  # leave the process's stdin open
+    p = Path(path)
+    if p.is_dir():
+        raise DataError(f"{path}: is a directory, not a puzzle file")
+    if not p.exists():
+        raise DataError(f"{path}: no such file")
+    try:
+        with open(p, encoding="utf-8-sig") as stream:
+            return _read_stream(stream, str(path))
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
