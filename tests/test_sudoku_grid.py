@@ -158,3 +158,16 @@ def test_an_overlong_line_is_refused_after_reading_a_bounded_part_of_it(tmp_path
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(f.read_bytes()), encoding="utf-8"))
     with pytest.raises(DataError, match=f"<stdin>:{line}: line longer than 1024"):
         read_puzzles("-")
+
+
+def test_json_gives_a_solution_only_when_solved():
+    import json
+
+    from vmd.sudoku.grid import Puzzle, to_json
+
+    p = Puzzle(grid_of(PUZZLE))
+    assert json.loads(to_json(p, grid_of(SOLUTION), True)) == {"puzzle": PUZZLE, "solved": True, "solution": SOLUTION}
+    wrong = SOLUTION[1] + SOLUTION[0] + SOLUTION[2:]
+    row = json.loads(to_json(p, grid_of(wrong)))  # checked when not told
+    assert row == {"puzzle": PUZZLE, "solved": False, "solution": None, "attempt": wrong}
+    assert json.loads(to_json(p)) == {"puzzle": PUZZLE}

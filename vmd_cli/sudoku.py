@@ -60,7 +60,8 @@ def load_sudoku_model(model: Optional[Path], device: Optional[str], bundled: str
              "  vmd solve puzzles.txt\n\n"
              "  vmd solve puzzles.csv --nfe 5 --restarts 4 --format line\n\n"
              "  cat puzzle.sdk | vmd solve - --model runs/sudoku-vmd-tiny\n\n"
-             "Exit code: 0 when every puzzle is solved, 1 when some are not, 2 for bad input.")
+             "Exit code: 0 when every puzzle is solved, 1 when some are not (the summary on stderr names them), "
+             "2 for bad input.")
 @friendly
 def solve(
     file: str = typer.Argument(..., help="Puzzle file: 81-character lines, 9x9 grids (with or without borders) or CSV; - for stdin."),
@@ -68,7 +69,9 @@ def solve(
     strategy: str = typer.Option("top-margin", help="Which cells to fill first: random, top-prob, top-margin."),
     model: Optional[Path] = typer.Option(None, help="A run directory from vmd train \\[default: the bundled VMD]."),
     restarts: int = typer.Option(0, help="Retry each failed puzzle up to K times, with fresh z draws and a perturbed fill order."),
-    fmt: str = typer.Option("grid", "--format", help="Output: grid (drawn), line (81 characters) or json (one object per line)."),
+    fmt: str = typer.Option("grid", "--format", help="Output: grid (drawn); line (81 characters a puzzle: the solution, or "
+                            "the puzzle as given, blanks as '.', when not solved); json (one object a line: puzzle, solved, "
+                            "solution, null when not solved, and then the attempt)."),
     seed: int = typer.Option(0, help="Sampling seed."),
     batch_size: Optional[int] = typer.Option(None, help="Puzzles per batch \\[default: 64 on a CPU, 256 on a GPU]. On a "
                                              "CPU, one batch per torch thread (OMP_NUM_THREADS) runs at a time."),
@@ -97,8 +100,8 @@ def solve(
     for p, g, ok in zip(puzzles, result.grids.tolist(), result.solved.tolist()):
         if fmt == "json":
             print(to_json(p, g, ok))
-        elif fmt == "line":
-            print(to_line(g) + ("" if ok else "  # not solved"))
+        elif fmt == "line":  # machine-clean: 81 characters; an unsolved puzzle comes back as given, blanks and all
+            print(to_line(g if ok else p.grid))
         else:
             mark = "[green]solved[/]" if ok else "[bold red]NOT SOLVED[/]"
             out.print(f"{p.source}  {p.givens} givens  {mark}", highlight=False)
@@ -107,6 +110,9 @@ def solve(
     err.print(f"solved {solved}/{len(puzzles)} in {seconds:.2f} s ({len(puzzles) / max(seconds, 1e-9):.1f} puzzles/s), "
               f"NFE {nfe}, {strategy}" + (f", up to {restarts} restarts" if restarts else ""), highlight=False)
     if solved < len(puzzles):
+        missed = [p.source for p, ok in zip(puzzles, result.solved.tolist()) if not ok]
+        more = f" and {len(missed) - 10} more" if len(missed) > 10 else ""
+        err.print(f"not solved: {', '.join(missed[:10])}{more}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 
 

@@ -92,11 +92,16 @@ def to_line(grid) -> str:
 
 
 def to_json(puzzle: Puzzle, result=None, solved: bool | None = None) -> str:
+    """One JSON object: ``puzzle``; with a result also ``solved`` and ``solution``, which is null when
+    the result is not a solution (the filled grid is then under ``attempt``), so no reader takes it
+    for one. ``solved`` is checked here when not given."""
     out = {"puzzle": to_line(puzzle.grid)}
     if result is not None:
-        out["solution"] = to_line(result)
-    if solved is not None:
+        solved = is_solved(result, puzzle.grid) if solved is None else bool(solved)
         out["solved"] = solved
+        out["solution"] = to_line(result) if solved else None
+        if not solved:
+            out["attempt"] = to_line(result)
     return json.dumps(out)
 
 
