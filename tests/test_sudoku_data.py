@@ -62,16 +62,84 @@ def test_batched_checker_agrees_with_the_plain_one():
     assert len(UNITS) == 27
 
 
-def test_generated_sets_are_cached_and_a_corrupt_cache_is_reported(tmp_path, monkeypatch):
+def test_generated_sets_are_cached_and_say_what_they_make(tmp_path, monkeypatch):
     monkeypatch.setenv("VMD_CACHE_DIR", str(tmp_path))
-    p1, s1 = D.generated_set(6, 30, 36, seed=3, workers=1)
-    files = list((tmp_path / "sudoku").glob("*.safetensors"))
-    assert len(files) == 1 and "n6-givens30-36-seed3" in files[0].name
-    p2, s2 = D.generated_set(6, 30, 36, seed=3, workers=1)  # from the cache
+    calls = []
+    p1, s1 = D.generated_set(6, 30, 36, seed=3, workers=1, progress=lambda *a: calls.append(a))
+    (path,) = (tmp_path / "sudoku").glob("*.safetensors")
+    assert "n6-givens30-36-seed3" in path.name
+    assert calls[0] == (0, 6, f"generating 6 Sudoku puzzles (30-36 givens) -> {path}") and calls[-1][:2] == (6, 6)
+    calls.clear()
+    p2, s2 = D.generated_set(6, 30, 36, seed=3, workers=1, progress=lambda *a: calls.append(a))  # from the cache
     assert torch.equal(p1, p2) and torch.equal(s1, s2) and solved_mask(s1, p1).all()
-    files[0].write_bytes(b"garbage")
-    with pytest.raises(DataError, match="corrupt data cache .*delete the file"):
-        D.generated_set(6, 30, 36, seed=3, workers=1)
+    assert calls == [(6, 6, f"using cached 6 Sudoku puzzles (30-36 givens): {path}")]
+
+
+def rewrite(path, puzzles, solutions, digest=None):
+    """Replace a cached set's tensors, keeping its metadata; with its checksum too unless ``digest`` is given."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    meta["sha256"] = digest or meta["sha256"]
+    save_file({"puzzles": puzzles, "solutions": solutions}, str(path), metadata=meta)
+
+
+def test_a_cache_with_wrong_contents_is_made_again(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    monkeypatch.setenv("VMD_CACHE_DIR", str(tmp_path))
+    p, s = D.generated_set(6, 30, 36, seed=3, workers=1)
+    (path,) = (tmp_path / "sudoku").glob("*.safetensors")
+    ones = torch.ones_like(s)
+    cases = [
+        (lambda: rewrite(path, p, ones), "checksum mismatch"),  # right shape, every solution all 1s
+        (lambda: rewrite(path, p, ones, D._digest(p, ones)), "not a valid grid"),  # even with a matching checksum
+        (lambda: save_file({"puzzles": p, "solutions": s}, str(path)), "settings do not match"),  # no metadata
+        (lambda: path.write_bytes(b"garbage"), "unreadable"),
+    ]
+    for spoil, reason in cases:
+        spoil()
+        labels = []
+        p2, s2 = D.generated_set(6, 30, 36, seed=3, workers=1, progress=lambda d, t, label: labels.append(label))
+        assert torch.equal(p2, p) and torch.equal(s2, s)
+        assert labels[0].startswith("regenerating 6 Sudoku puzzles") and reason in labels[0], labels[0]
+        assert torch.equal(D.generated_set(6, 30, 36, seed=3, workers=1)[1], s)  # and the file is whole again
+    assert [f.name for f in (tmp_path / "sudoku").iterdir()] == [path.name]
+
+
+def test_an_unusable_cache_directory_is_one_error_before_any_work(tmp_path, monkeypatch):
+    def never(*a, **k):
+        raise AssertionError("generated before checking the cache directory")
+
+    monkeypatch.setattr(D, "_generate", never)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("VMD_CACHE_DIR", str(blocker))
+    with pytest.raises(DataError, match=f"the data cache {blocker} is not a directory; set VMD_CACHE_DIR"):
+        D.generated_set(6, 30, 36, workers=1)
+    monkeypatch.setenv("VMD_CACHE_DIR", str(blocker / "below"))
+    with pytest.raises(DataError, match="is not writable .*; set VMD_CACHE_DIR"):
+        D.generated_set(6, 30, 36, workers=1)
+    monkeypatch.setenv("VMD_CACHE_DIR", str(tmp_path / "cache"))
+
+    def read_only(*a, **k):  # as a read-only directory answers (the tests may run as root, who may write anywhere)
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(D.tempfile, "TemporaryFile", read_only)
+    with pytest.raises(DataError, match=r"cache/sudoku is not writable \(Permission denied\)"):
+        D.generated_set(6, 30, 36, workers=1)
+
+
+def test_a_failed_cache_write_is_a_data_error(tmp_path, monkeypatch):
+    def full(path, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setenv("VMD_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(D, "atomic_write", full)
+    with pytest.raises(DataError, match="could not write the data cache .*No space left on device.*VMD_CACHE_DIR"):
+        D.generated_set(6, 30, 36, workers=1)
 
 
 def test_a_training_file_needs_solutions(tmp_path):

@@ -37,10 +37,12 @@ class TrainProgress:
 
 
 class DataProgress:
-    """A bar that appears only if a task has training data to make (a cached set shows nothing)."""
+    """The adapter for a task's ``prepare(progress)``: ``update(done, total, label)``. Each new
+    label (what is made and where it goes, or which cached file is used) is printed as a line; a
+    bar follows only while there is work left, so a cached set shows its one line and no bar."""
 
     def __init__(self, console: Console):
-        self.console, self.bar, self.task = console, None, None
+        self.console, self.bar, self.task, self.label = console, None, None, None
 
     def __enter__(self):
         return self
@@ -49,8 +51,13 @@ class DataProgress:
         if self.bar is not None:
             self.bar.__exit__(*exc)
 
-    def update(self, done: int, total: int) -> None:
+    def update(self, done: int, total: int, label: str | None = None) -> None:
+        if label and label != self.label:
+            self.label = label
+            self.console.print(label, highlight=False, soft_wrap=True)
         if self.bar is None:
+            if done >= total:
+                return  # nothing to wait for
             self.bar = Progress(TextColumn("[bold]data"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                                 console=self.console, transient=True)
             self.bar.__enter__()

@@ -149,7 +149,8 @@ def eval_sudoku(model, cfg, step, dev, run_dir, *, nfe, strategy, data, givens, 
             fail(f"--givens must satisfy 17 <= LO <= HI <= 80, got {givens}")
         n = samples or 500
         with progress_bar("test set", n) as (bar, task):
-            puzzles, solutions = generated_set(n, lo, hi, seed=1000 + (seed or 0), progress=lambda k: bar.advance(task, k))
+            puzzles, solutions = generated_set(n, lo, hi, seed=1000 + (seed or 0),
+                                               progress=lambda done, total, label: bar.update(task, completed=done))
         source = f"generated, {lo}-{hi} givens"
     runs = len(nfes) * len(strategies) * puzzles.shape[0]
     with progress_bar("eval", runs) as (bar, task):

@@ -3,13 +3,25 @@
 Generated sets are deterministic in their settings (count, givens range, seed): each chunk of
 puzzles has its own seed, so the result does not depend on how many worker processes made
 it. They are cached under the user cache directory (``platformdirs``; ``VMD_CACHE_DIR``
-overrides it) as safetensors files of uint8 grids, written atomically.
+overrides it) as safetensors files of uint8 grids, written atomically, whose metadata holds
+the settings and a sha256 of the tensors' bytes.
+
+A cached file is used only if its settings and checksum match and every solution is a valid
+grid that solves its puzzle with a givens count in range; otherwise it is treated as absent:
+the set is made again and the file atomically replaced (the set is deterministic, so nothing
+is lost), and the progress label says why. The cache directory is checked to be writable
+before any set is made, so an unusable one is one DataError line, not minutes of lost work.
+
+``progress(done, total, label)`` is the tasks' protocol (``vmd.tasks``): the label says what is
+being made and where it goes, or which cached file is used.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
+import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -22,7 +34,10 @@ from vmd.sudoku.grid import Puzzle, read_puzzles
 from vmd.sudoku.solver import make_puzzle, random_solution
 
 CHUNK = 50
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # 2: settings and a checksum in the metadata (v1 files, without them, are not read)
+CACHE_HINT = "set VMD_CACHE_DIR to a writable directory"
+
+Progress = Callable[[int, int, str], None]
 
 
 def cache_dir() -> Path:
@@ -67,39 +82,106 @@ def _generate(n: int, min_givens: int, max_givens: int, seed: int, workers: int,
     return puzzles, solutions
 
 
-def _load_cached(path: Path, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from safetensors.torch import load_file
+def _digest(puzzles: torch.Tensor, solutions: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    for t in (puzzles, solutions):
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _settings(n: int, min_givens: int, max_givens: int, seed: int) -> dict[str, str]:
+    return {"format": FORMAT_VERSION, "n": str(n), "givens": f"{min_givens}-{max_givens}", "seed": str(seed)}
+
+
+def _problem(puzzles: torch.Tensor, solutions: torch.Tensor, min_givens: int, max_givens: int) -> str | None:
+    """What is wrong with a set's grids, or None: every solution a valid grid solving its puzzle,
+    every puzzle's givens in range."""
+    from vmd.sudoku.solve import solved_mask  # here: vmd.sudoku.solve imports the task, which imports this module
+
+    if not bool(solved_mask(solutions, puzzles).all()):
+        return "a solution is not a valid grid solving its puzzle"
+    givens = (puzzles > 0).sum(1)
+    if int(givens.min()) < min_givens or int(givens.max()) > max_givens:
+        return f"a puzzle's givens are outside {min_givens}-{max_givens}"
+    return None
+
+
+def _load_cached(path: Path, settings: dict[str, str], min_givens: int, max_givens: int):
+    """(puzzles, solutions) from a cached file, or the reason it cannot be used."""
+    from safetensors import safe_open
 
     try:
-        data = load_file(str(path))
-        puzzles, solutions = data["puzzles"], data["solutions"]
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            puzzles, solutions = f.get_tensor("puzzles"), f.get_tensor("solutions")
     except Exception as e:  # noqa: BLE001 - any failure to read is a corrupt cache
-        raise DataError(f"corrupt data cache {path} ({type(e).__name__}); delete the file to regenerate it") from None
-    if puzzles.shape != (n, 81) or solutions.shape != (n, 81) or int(solutions.min()) < 1 or int(solutions.max()) > 9:
-        raise DataError(f"corrupt data cache {path} (wrong shape or values); delete the file to regenerate it")
-    return puzzles, solutions
+        return f"unreadable ({type(e).__name__})"
+    n = int(settings["n"])
+    if any(meta.get(k) != v for k, v in settings.items()):
+        return "its settings do not match"
+    if puzzles.shape != (n, 81) or solutions.shape != (n, 81) or {puzzles.dtype, solutions.dtype} != {torch.uint8}:
+        return "wrong shape or type"
+    if meta.get("sha256") != _digest(puzzles, solutions):
+        return "checksum mismatch"
+    return _problem(puzzles, solutions, min_givens, max_givens) or (puzzles, solutions)
+
+
+def _check_writable(root: Path, folder: Path) -> None:
+    """A DataError before any work if the cache cannot take a new file."""
+    if root.exists() and not root.is_dir():
+        raise DataError(f"the data cache {root} is not a directory; {CACHE_HINT}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise DataError(f"the data cache {folder} is not writable ({e.strerror or e}); {CACHE_HINT}") from None
 
 
 def generated_set(n: int, min_givens: int, max_givens: int, seed: int = 0, workers: int | None = None,
-                  progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  progress: Progress | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` puzzles with unique solutions and ``min_givens``-``max_givens`` givens, and their
     solutions, as (n, 81) uint8 tensors (0 blank). ``min_givens = 81`` gives complete grids."""
     from safetensors.torch import save
 
-    path = cache_dir() / "sudoku" / f"v{FORMAT_VERSION}-n{n}-givens{min_givens}-{max_givens}-seed{seed}.safetensors"
+    root = cache_dir()
+    path = root / "sudoku" / f"v{FORMAT_VERSION}-n{n}-givens{min_givens}-{max_givens}-seed{seed}.safetensors"
+    what = f"{n} Sudoku solution grids" if min_givens == 81 else f"{n} Sudoku puzzles ({min_givens}-{max_givens} givens)"
+    settings = _settings(n, min_givens, max_givens, seed)
+    label = f"generating {what} -> {path}"
     if path.exists():
-        return _load_cached(path, n)
+        cached = _load_cached(path, settings, min_givens, max_givens)
+        if not isinstance(cached, str):
+            if progress:
+                progress(n, n, f"using cached {what}: {path}")
+            return cached
+        label = f"regenerating {what} -> {path} (the cached file could not be used: {cached})"
+    _check_writable(root, path.parent)
     workers = workers or min(os.cpu_count() or 1, 8)
+    done = [0]
+
+    def tick(k: int) -> None:
+        done[0] += k
+        progress(done[0], n, label)
+
+    if progress:
+        progress(0, n, label)
     try:
-        puzzles, solutions = _generate(n, min_givens, max_givens, seed, workers, progress)
+        puzzles, solutions = _generate(n, min_givens, max_givens, seed, workers, tick if progress else None)
     except ValueError as e:  # the generator could not reach the range
         raise DataError(str(e)) from None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, save({"puzzles": puzzles, "solutions": solutions}))
+    problem = _problem(puzzles, solutions, min_givens, max_givens)
+    if problem:  # never cache a bad set
+        raise DataError(f"the generated set is wrong ({problem}); this is a bug, please report it")
+    try:
+        atomic_write(path, save({"puzzles": puzzles, "solutions": solutions},
+                                metadata={**settings, "sha256": _digest(puzzles, solutions)}))
+    except OSError as e:
+        raise DataError(f"could not write the data cache {path} ({e.strerror or e}); {CACHE_HINT}") from None
     return puzzles, solutions
 
 
-def solution_grids(n: int, seed: int = 0, progress=None) -> torch.Tensor:
+def solution_grids(n: int, seed: int = 0, progress: Progress | None = None) -> torch.Tensor:
     """``n`` random complete grids (cached), the base of training on randomly masked solutions."""
     return generated_set(n, 81, 81, seed, progress=progress)[1]
 

@@ -47,25 +47,18 @@ class SudokuTask:
         self.layout = sudoku_layout()
         self._pool: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def prepare(self, progress: Callable[[int, int], None] | None = None) -> None:
-        """Make or load the training pool: (puzzles, solutions) as (n, 81) uint8 digits."""
+    def prepare(self, progress: Callable[[int, int, str], None] | None = None) -> None:
+        """Make or load the training pool: (puzzles, solutions) as (n, 81) uint8 digits.
+        ``progress(done, total, label)`` follows the making (see ``vmd.sudoku.data``)."""
         if self._pool is not None:
             return
         c = self.cfg
-        total = c.grids
-        done = [0]
-
-        def tick(k: int) -> None:
-            done[0] += k
-            if progress:
-                progress(done[0], total)
-
         if c.source == "file":
             self._pool = D.training_file(c.file)
         elif c.source == "puzzles":
-            self._pool = D.generated_set(c.grids, c.min_givens, c.max_givens, DATA_SEED, progress=tick)
+            self._pool = D.generated_set(c.grids, c.min_givens, c.max_givens, DATA_SEED, progress=progress)
         else:
-            grids = D.solution_grids(c.grids, DATA_SEED, progress=tick)
+            grids = D.solution_grids(c.grids, DATA_SEED, progress=progress)
             self._pool = (grids, grids)
 
     def train_batch(self, n: int, generator=None):
