@@ -68,9 +68,9 @@ def set_item(d, key, value):
     return d
 
 
-def config_with(text, **model):
+def config_with(text, section="model", **values):
     data = yaml.safe_load(text)
-    data["model"].update(model)
+    data[section].update(values)
     return yaml.safe_dump(data)
 
 
@@ -228,19 +228,21 @@ for run in sys.argv[1:]:
 
 
 def test_a_header_that_asks_for_a_huge_model_is_refused_in_little_memory(runs, tmp_path):
-    """A file of a few hundred KB whose config says dim 4096 x 64 layers (13 G parameters), or one
-    layer of width 65536, must not make vmd build that model: each is refused within a 3 GB address
-    space (torch alone takes about 1 GB), by load_model, load_train_state and export_model."""
+    """A file of a few hundred KB whose config says dim 4096 x 64 layers (13 G parameters), one
+    layer of width 65536, or a synthetic task of 1000 ** 4 sequences (an 8 TB joint) must not make
+    vmd build that: each is refused within a 3 GB address space (torch alone takes about 1 GB), by
+    load_model, load_train_state and export_model."""
     dirs = []
-    for i, model in enumerate([{"dim": 4096, "layers": 64}, {"dim": 65536, "layers": 1}]):
+    for i, change in enumerate([{"dim": 4096, "layers": 64}, {"dim": 65536, "layers": 1},
+                                {"section": "task", "kind": "d1", "vocab": 1000}]):
         dirs.append(tmp_path / str(i))
         shutil.copytree(runs / "vmd", dirs[-1])
         for name in (MODEL, STATE):
-            rewrite(dirs[-1] / name, {"config": config_with(state_config(dirs[-1]), **model)})
+            rewrite(dirs[-1] / name, {"config": config_with(state_config(dirs[-1]), **change)})
     out = subprocess.run([sys.executable, "-c", BOMB, *map(str, dirs)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.splitlines()
-    assert len(lines) == 6 and all("refusing to build it" in line for line in lines), lines
+    assert len(lines) == 9 and all("refusing to build it" in line for line in lines), lines
     assert not any((d / "out.safetensors").exists() for d in dirs)
 
 

@@ -43,6 +43,7 @@ FORMAT = "vmd-run-1"
 MODEL_FILE, STATE_FILE, META_FILE, CONFIG_FILE = "model.safetensors", "train_state.safetensors", "meta.json", "config.yaml"
 _RUN_ID = re.compile(r"[\w-]{1,64}")
 _ARCH = ("method", "task", "model", "latent")  # the config sections that shape a run's model
+_TASK_BUDGET = 2 ** 27  # entries of a task's own tables (a synthetic task's exact joint: vocab ** length), 1 GB
 _SCALER = {"scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker"}  # GradScaler.state_dict()
 
 
@@ -203,14 +204,20 @@ class _Budget(TorchFunctionMode):
 def _build(head: _Header, shapes: dict[str, tuple], prefix: str = ""):
     """(task, model) of a file's config, checked against the names and shapes of its weights
     (``shapes``, under ``prefix`` in the file). The model is built within a budget of twice the
-    file's weights (plus room for small buffers), so an implausible config is refused early."""
+    file's weights (plus room for small buffers), and its task within ``_TASK_BUDGET``, so an
+    implausible config is refused before it takes the memory."""
     from vmd.model import build_model
     from vmd.tasks import make_task
 
     held = sum(math.prod(s) for s in shapes.values())
     budget = 2 * held + 2 ** 20
     try:
-        task = make_task(head.cfg.task)
+        try:
+            with _Budget(_TASK_BUDGET, 10 ** 6):
+                task = make_task(head.cfg.task)
+        except _TooBig:
+            raise CheckpointError(f"{head.path}: its saved config describes a task whose tables exceed "
+                                  f"{_TASK_BUDGET:,} entries; refusing to build it") from None
         with _Budget(budget, 2 * len(shapes) + 64):
             model = build_model(head.cfg, task.vocab, task.length, task.layout)
     except _TooBig:
