@@ -69,7 +69,7 @@ def test_resume_of_a_frozen_run_continues(tmp_path):
 
 
 def test_bad_starting_points_are_clear_errors(tmp_path):
-    with pytest.raises(CheckpointError, match="train.init_from: run directory .* does not exist"):
+    with pytest.raises(CheckpointError, match="train.init_from: .*missing does not exist: give a run directory"):
         Trainer.create(tiny("vmd", train={"init_from": str(tmp_path / "missing")}), tmp_path / "a")
     train(tiny("mdm", steps=5), tmp_path / "mdm")
     wider = tiny("vmd", model={"dim": 64}, train={"init_from": str(tmp_path / "mdm")})

@@ -97,6 +97,16 @@ def test_an_mdm_on_the_right_has_no_latent_to_redraw():
     assert any("no latent" in m for m in messages)
 
 
+def test_boards_are_titled_by_what_their_models_are():
+    from textual.widgets import Label
+
+    async def script(app, pilot):
+        return [str(app.screen.query_one(f"#title-{k}", Label).render()).split(" · ")[0] for k in ("mdm", "vmd")]
+
+    assert drive(script) == ["MDM", "VMD"]
+    assert drive(script, mdm="sudoku-vmd", vmd="sudoku-mdm") == ["VMD sudoku-vmd", "MDM sudoku-mdm"]
+
+
 def test_a_malformed_puzzle_shows_an_error_not_a_crash():
     async def script(app, pilot):
         await pilot.press("e")

@@ -13,7 +13,6 @@ the prior). Any gain over the MDM must then come through z.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from torch import nn
 
@@ -26,13 +25,6 @@ _NORM = re.compile(r"trunk\.blocks\.(\d+)\.norm([12])\.(weight|bias)")
 def is_denoiser(name: str) -> bool:
     """Whether a parameter belongs to the denoiser proper, not to the z path, encoder or prior."""
     return (name.startswith("trunk.") and not name.startswith("trunk.cond.")) or name.startswith("head.")
-
-
-def source_path(source: str) -> Path:
-    """``train.init_from`` as a path: a run directory, a model.safetensors file or a bundled name."""
-    from vmd.models import BUNDLED, bundled_path
-
-    return bundled_path(source) if source in BUNDLED else Path(source)
 
 
 def start_from(model: nn.Module, source: nn.Module, where: str) -> None:

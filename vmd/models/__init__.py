@@ -12,6 +12,7 @@ from pathlib import Path
 from vmd.errors import CheckpointError
 
 BUNDLED = ("sudoku-vmd", "sudoku-mdm")
+NAMES_HELP = "a run directory, a model .safetensors file or a bundled model (" + ", ".join(BUNDLED) + ")"
 
 
 def bundled_path(name: str) -> Path:
@@ -22,3 +23,14 @@ def bundled_path(name: str) -> Path:
         raise CheckpointError(f"the bundled model {name} is missing from this install ({path}); "
                               "reinstall vmd, or pass --model RUN_DIR")
     return path
+
+
+def resolve(source: str | Path) -> Path:
+    """Where a model comes from, as every command takes it: a run directory, a model .safetensors
+    file, or a bundled name (an existing path of that name wins)."""
+    path = Path(source)
+    if path.exists():
+        return path
+    if str(source) in BUNDLED:
+        return bundled_path(str(source))
+    raise CheckpointError(f"{source} does not exist: give {NAMES_HELP}")

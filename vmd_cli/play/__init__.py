@@ -8,19 +8,23 @@ from typing import Optional
 
 import typer
 
+from vmd.models import NAMES_HELP
 from vmd_cli.main import app, friendly
 
 DEFAULT_PUZZLE_SEED = 7
 
 
-def _model(path: Optional[Path], bundled: str):
+def _model(source: Optional[str], bundled: str):
+    """(model, its z policy, its board's title): the title says what the model is, whichever
+    option named it, and where it came from when that is not the bundled default."""
     from vmd_cli.sudoku import load_sudoku_model
 
-    model, cfg, _, _ = load_sudoku_model(path, "cpu", bundled)
-    return model, cfg.sample.z_policy
+    model, cfg, _, _ = load_sudoku_model(source, "cpu", bundled)
+    kind = "VMD" if model.has_latent else "MDM"
+    return model, cfg.sample.z_policy, kind if source is None else f"{kind} {Path(source).name}"
 
 
-def build_app(mdm: Optional[Path] = None, vmd: Optional[Path] = None, puzzle: Optional[str] = None,
+def build_app(mdm: Optional[str] = None, vmd: Optional[str] = None, puzzle: Optional[str] = None,
               nfe: int = 10, strategy: str = "top-margin", seed: int = 0):
     """The app, ready to run (tests drive it with ``run_test``)."""
     from vmd.sudoku.grid import Puzzle, read_puzzles
@@ -43,10 +47,12 @@ def build_app(mdm: Optional[Path] = None, vmd: Optional[Path] = None, puzzle: Op
              "Keys: space step, p play/pause, z new latent, ? help, q quit.")
 @friendly
 def play(
-    mdm: Optional[Path] = typer.Option(None, help="MDM run directory \\[default: the bundled MDM]."),
-    vmd: Optional[Path] = typer.Option(None, help="VMD run directory \\[default: the bundled VMD]."),
+    mdm: Optional[str] = typer.Option(None, help=f"The left model: {NAMES_HELP} \\[default: sudoku-mdm]."),
+    vmd: Optional[str] = typer.Option(None, help=f"The right model: {NAMES_HELP} \\[default: sudoku-vmd]. "
+                                      "Each board is titled by what its model is."),
     puzzle: Optional[str] = typer.Option(None, help="Start from the puzzles of this file (f steps through them)."),
-    nfe: int = typer.Option(10, help="Denoiser calls (steps)."),
+    nfe: int = typer.Option(10, help="Denoiser calls (steps). Steps with nothing left to reveal cost nothing (the "
+                            "board stays), so NFE above the puzzle's blanks fills it as NFE = its blanks."),
     strategy: str = typer.Option("top-margin", help="random, top-prob or top-margin."),
     seed: int = typer.Option(0, help="Sampling seed (the latent draws of the VMD)."),
 ):

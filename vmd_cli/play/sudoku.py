@@ -83,8 +83,9 @@ class SudokuScreen(Screen):
     """
 
     def __init__(self, mdm, vmd, settings: Settings, puzzle: Puzzle):
+        """``mdm`` and ``vmd``: (model, z policy, board title) for the left and right boards."""
         super().__init__()
-        self.sides = {"mdm": Side("MDM", mdm[0], mdm[1]), "vmd": Side("VMD", vmd[0], vmd[1])}
+        self.sides = {"mdm": Side(mdm[2], mdm[0], mdm[1]), "vmd": Side(vmd[2], vmd[0], vmd[1])}
         self.settings = settings
         self.puzzle = puzzle
         self.step = 0
