@@ -97,3 +97,57 @@ def test_console_script_help_has_examples():
     for cmd in ([], ["train"], ["eval"], ["sample"]):
         r = subprocess.run([sys.executable, "-m", "vmd_cli.main", *cmd, "--help"], capture_output=True, text=True)
         assert r.returncode == 0 and "vmd " in r.stdout and "Examples" in r.stdout, r.stdout
+
+
+def cli(*args, **kwargs):
+    """The real ``vmd`` command in a process of its own, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "vmd_cli", *map(str, args)], capture_output=True, text=True, **kwargs)
+
+
+def assert_one_line(r, code=2):
+    assert r.returncode == code and "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["solve", "-", "--nfe", "abc"], ["Invalid value for '--nfe'", "vmd solve --help"]),
+    (["trian"], ["No such command 'trian'", "train"]),
+    (["train", "--bogus"], ["No such option: --bogus"]),
+    (["eval"], ["Missing argument"]),
+    (["eval", "no-such-model"], ["does not exist", "sudoku-mdm", "sudoku-vmd"]),
+])
+def test_usage_errors_are_one_line_too(args, words):
+    line = assert_one_line(cli(*args, input=""))
+    for w in words:
+        assert w in line
+
+
+PUZZLE = "53..7....6..195....98....6.8...6...34..8.3..17...2...6.6....28....419..5....8..79"
+
+
+def test_bundled_models_are_taken_by_name_everywhere(tmp_path):
+    r = cli("solve", "-", "--model", "sudoku-mdm", "--format", "json", input=PUZZLE + "\n")
+    assert r.returncode == 0 and json.loads(r.stdout)["solved"], r.stderr
+    r = cli("sample", "sudoku-vmd", "-n", "2", "--nfe", "5", "--json")
+    assert r.returncode == 0 and [len(row) for row in json.loads(r.stdout)] == [81, 81], r.stderr
+    (tmp_path / "p.txt").write_text(PUZZLE + "\n")
+    r = cli("eval", "sudoku-mdm", "--data", tmp_path / "p.txt", "--nfe", "10", "--strategy", "top-margin", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["accuracy"]["top-margin"]["10"] == 1.0, r.stderr
+
+
+@pytest.mark.parametrize("out, words", [
+    ("/proc/vmd-test/run", ["cannot create run directory /proc/vmd-test/run"]),
+    ("FILE", ["is a file, not a run directory"]),
+])
+def test_an_unwritable_run_directory_fails_before_making_data(tmp_path, out, words):
+    """A Sudoku preset makes its puzzle set first (minutes): the output is checked before that."""
+    if out == "FILE":
+        out = tmp_path / "f"
+        out.write_text("x")
+    env = {**__import__("os").environ, "VMD_CACHE_DIR": str(tmp_path / "cache")}
+    line = assert_one_line(cli("train", "--preset", "sudoku-mdm-tiny", "--set", "task.grids=300", "--out", out, env=env))
+    for w in words:
+        assert w in line
+    assert not (tmp_path / "cache").exists()  # no data made

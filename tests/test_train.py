@@ -21,7 +21,7 @@ def test_run_directory_holds_weights_config_and_metadata(tmp_path):
     cfg = tiny("vmd", steps=20)
     train(cfg, tmp_path / "r")
     files = {p.name for p in (tmp_path / "r").iterdir()}
-    assert files == {"config.yaml", "meta.json", "model.safetensors", "train_state.safetensors"}
+    assert files == {"config.yaml", "meta.json", "model.safetensors", "train_state.safetensors", "metrics.jsonl", ".lock"}
     meta = json.loads((tmp_path / "r" / "meta.json").read_text())
     assert meta["step"] == 20 and meta["method"] == "vmd" and "torch" in meta["versions"]
     assert set(meta["train_metrics"]) >= {"recon", "latent_kl", "bits_per_token"}
@@ -176,7 +176,7 @@ def test_a_diverging_run_stops_with_a_clear_error_and_keeps_its_checkpoint(tmp_p
     def explode(cfg):
         return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=40, lr=1e30, grad_clip=0.0))
 
-    with pytest.raises(TrainingDiverged, match="last checkpoint"):
+    with pytest.raises(TrainingDiverged, match="the checkpoint of step 20 .* is kept"):
         Trainer.resume(tmp_path / "r", explode).run()
     assert (tmp_path / "r" / "model.safetensors").read_bytes() == before
     assert checkpoint.load_model(tmp_path / "r")[2] == 20

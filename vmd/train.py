@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,11 +14,14 @@ from typing import Callable
 
 import torch
 
-from vmd import checkpoint
+from vmd import checkpoint, history
+from vmd.atomic import clean_stale_temps
 from vmd.config import Config
 from vmd.diffusion import METRICS, diffusion_loss, kl_weight
 from vmd.errors import CheckpointError, ConfigError, TrainingDiverged
 from vmd.model import adapt, build_model, count_parameters
+from vmd.models import resolve as resolve_model
+from vmd.runlock import RunLock, ensure_run_dir
 from vmd.schedule import make_schedule
 from vmd.tasks import make_task
 
@@ -64,9 +69,43 @@ class Progress:
 
 
 class TrainingInterrupted(Exception):
-    def __init__(self, step: int, run_dir: Path):
-        super().__init__(f"interrupted at step {step}; checkpoint saved in {run_dir}")
-        self.step, self.run_dir = step, run_dir
+    """Training stopped on a signal after a whole step, with a checkpoint of that step saved."""
+
+    def __init__(self, step: int, run_dir: Path, signum: int = signal.SIGINT):
+        super().__init__(f"{signal.Signals(signum).name} at step {step}; checkpoint saved in {run_dir}")
+        self.step, self.run_dir, self.signum = step, run_dir, signum
+
+    @property
+    def exit_code(self) -> int:
+        """What a shell reports for a process ended by the signal: 130 for SIGINT, 143 for SIGTERM."""
+        return 128 + self.signum
+
+
+class StopSignals:
+    """While active (in the main thread), SIGINT and SIGTERM do not interrupt: they are recorded in
+    ``signum`` and the loop stops at the next step boundary. A step is never cut in half and a
+    checkpoint never half written, so an interrupted run resumes bitwise like an uninterrupted one."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def _record(self, signum, frame) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                if signal.getsignal(s) is not signal.SIG_IGN:  # e.g. SIGINT under nohup stays ignored
+                    self._previous[s] = signal.signal(s, self._record)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
 
 
 @dataclass
@@ -77,6 +116,8 @@ class Trainer:
     step: int = 0
     elapsed: float = 0.0
     last_metrics: dict = field(default_factory=dict)
+    saved_step: int | None = None  # the step of the newest checkpoint on disk, None before the first
+    lock: RunLock | None = None  # held from create / resume until the run ends (``close``)
 
     def __post_init__(self):
         cfg = self.cfg
@@ -100,21 +141,31 @@ class Trainer:
             self._ema_pairs = ([self.ema[k] for k in named], [p.detach() for p in named.values()])
         self.data_gen = torch.Generator().manual_seed(cfg.train.seed)
         self.noise_gen = torch.Generator(device=self.device).manual_seed(cfg.train.seed + 1)
+        self._window, self._window_steps = None, 0  # the metrics summed on the device since the last log
 
     @classmethod
     def create(cls, cfg: Config, run_dir: Path, callback=None) -> "Trainer":
-        """A new run in ``run_dir``, which must not hold a run already (nothing is overwritten)."""
-        if checkpoint.has_checkpoint(run_dir):
-            raise CheckpointError(f"{run_dir} already holds a run; continue it with --resume or choose another --out")
-        trainer = cls(cfg, run_dir, callback)
-        if cfg.train.init_from:
-            trainer.start_from(cfg.train.init_from)
+        """A new run in ``run_dir``, which must not hold a run already (nothing is overwritten). The
+        directory is made and locked first, so a run that cannot write it fails before any work."""
+        run_dir = ensure_run_dir(run_dir)
+        lock = RunLock(run_dir)
+        try:
+            if checkpoint.has_checkpoint(run_dir):
+                raise CheckpointError(f"{run_dir} already holds a run; continue it with --resume or choose another --out")
+            clean_stale_temps(run_dir, locked=True)
+            history.truncate_after(run_dir, 0)  # a run killed before its first checkpoint left nothing to keep
+            trainer = cls(cfg, run_dir, callback, lock=lock)
+            if cfg.train.init_from:
+                trainer.start_from(cfg.train.init_from)
+        except BaseException:
+            lock.release()
+            raise
         return trainer
 
     def start_from(self, source: str) -> None:
         """Replace the initial weights (and the EMA's) with a trained model's (vmd/model/adapt.py)."""
         try:
-            trained, _, _ = checkpoint.load_model(adapt.source_path(source))
+            trained, _, _ = checkpoint.load_model(resolve_model(source))
         except CheckpointError as e:
             raise CheckpointError(f"train.init_from: {e}") from None
         adapt.start_from(self.model, trained, source)
@@ -124,9 +175,27 @@ class Trainer:
 
     @classmethod
     def resume(cls, run_dir: Path, overrides: Callable[[Config], Config] | None = None, callback=None) -> "Trainer":
+        """The run in ``run_dir`` as its last checkpoint left it, locked for writing."""
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise CheckpointError(f"run directory {run_dir} does not exist" if not run_dir.exists()
+                                  else f"{run_dir} is a file, not a run directory")
+        lock = RunLock(run_dir)
+        try:
+            trainer = cls._restore(run_dir, overrides, callback, lock)
+            clean_stale_temps(run_dir, locked=True)
+            history.truncate_after(run_dir, trainer.step)
+        except BaseException:
+            lock.release()
+            raise
+        return trainer
+
+    @classmethod
+    def _restore(cls, run_dir: Path, overrides, callback, lock) -> "Trainer":
         state = checkpoint.load_train_state(run_dir)
+        meta = checkpoint.read_meta(run_dir)
         cfg = overrides(state["config"]) if overrides else state["config"]
-        trainer = cls(cfg, run_dir, callback)
+        trainer = cls(cfg, run_dir, callback, lock=lock)
         checkpoint.load_into(trainer.model, state["model"], run_dir)
         if trainer.ema is not None:
             saved = state["ema"] or trainer.model.state_dict()
@@ -140,18 +209,40 @@ class Trainer:
             trainer.scaler.load_state_dict(state["scaler"])
         trainer.data_gen.set_state(state["rng"]["data"])
         trainer.noise_gen.set_state(state["rng"]["noise"].to(torch.uint8))
-        trainer.step = state["step"]
-        meta = checkpoint.read_meta(run_dir)
+        trainer.step = trainer.saved_step = state["step"]
         trainer.elapsed = float(meta.get("elapsed_s", 0.0))
         trainer.last_metrics = meta.get("train_metrics", {})
+        trainer._restore_window(meta.get("window"), run_dir)
         return trainer
 
+    def _restore_window(self, window, run_dir: Path) -> None:
+        """The metrics summed since the last log, as the checkpoint saved them, so that a resumed run
+        logs the same windows (and the same values) as an uninterrupted one."""
+        if window is None:
+            return
+        try:
+            total, steps = window["sum"], int(window["steps"])
+            if steps and (len(total) != len(METRICS) or steps < 0):
+                raise ValueError
+        except (TypeError, KeyError, ValueError):
+            raise CheckpointError(f"{run_dir / checkpoint.META_FILE}: 'window' is malformed") from None
+        if steps:
+            self._window = torch.tensor(total, dtype=torch.float32, device=self.device)
+            self._window_steps = steps
+
     def save(self) -> None:
+        window = {"sum": self._window.tolist() if self._window is not None else None, "steps": self._window_steps}
         meta = {"elapsed_s": round(self.elapsed, 2), "parameters": self.parameters,
-                "train_metrics": self.last_metrics, "device": str(self.device)}
+                "train_metrics": self.last_metrics, "device": str(self.device), "window": window}
         checkpoint.save(self.run_dir, self.cfg, self.step, self.model.state_dict(), self.ema, self.opt,
                         self.scaler.state_dict() if self.scaler.is_enabled() else None,
                         {"data": self.data_gen.get_state(), "noise": self.noise_gen.get_state()}, meta)
+        self.saved_step = self.step
+
+    def close(self) -> None:
+        """Release the run directory for the next writer (also done by the OS when the process ends)."""
+        if self.lock is not None:
+            self.lock.release()
 
     def _update_ema(self) -> None:
         """One fused lerp over all parameters (weights stay fp32 under AMP)."""
@@ -180,48 +271,71 @@ class Trainer:
             self._update_ema()
         return out.stacked()
 
-    def _check_finite(self, loss_sum: torch.Tensor, since: int) -> None:
+    def _check_finite(self, since: int) -> None:
         """Raise if any loss since step ``since`` was not finite. Checked where the loop logs or saves,
         not every step: reading a value back waits for the device, and on a GPU a wait every step
         keeps the host from queueing the next step's work while this one runs."""
-        if not torch.isfinite(loss_sum):
-            raise TrainingDiverged(f"loss is {float(loss_sum)} between steps {since} and {self.step}; the last checkpoint "
-                                   f"in {self.run_dir} is kept; lower train.lr or use fp32")
+        if self._window is None or torch.isfinite(self._window[_LOSS]):
+            return
+        kept = (f"the checkpoint of step {self.saved_step} in {self.run_dir} is kept" if self.saved_step is not None
+                else "no checkpoint had been written yet")
+        advice = ("lower train.lr or raise train.warmup_steps" if self.cfg.device.precision == "fp32"
+                  else "lower train.lr, or train in fp32 (device.precision=fp32)")
+        raise TrainingDiverged(f"loss is {float(self._window[_LOSS])} between steps {since} and {self.step}; "
+                               f"{kept}; {advice}")
+
+    def _log(self, rate: float) -> None:
+        """Close the metrics window: ``last_metrics``, a line of metrics.jsonl, the callback."""
+        self.last_metrics = dict(zip(METRICS, (self._window / self._window_steps).tolist()))
+        lr, beta = self.opt.param_groups[0]["lr"], kl_weight(self.cfg.latent, self.step)
+        history.append(self.run_dir, {"step": self.step, "steps": self._window_steps, **self.last_metrics, "lr": lr,
+                                      "beta": beta, "steps_per_s": round(rate, 3), "elapsed_s": round(self.elapsed, 2)})
+        self._window, self._window_steps = None, 0
+        if self.callback:
+            self.callback(Progress(self.step, self.cfg.train.steps, self.last_metrics, lr, beta, rate, self.elapsed))
 
     def run(self) -> dict[str, float]:
+        """Train to ``train.steps``. SIGINT (Ctrl-C) or SIGTERM ends the current step, saves a
+        checkpoint and raises ``TrainingInterrupted``; the lock is released at the end either way."""
+        try:
+            with StopSignals() as stop:
+                try:
+                    self._loop(stop)
+                except KeyboardInterrupt:  # raised by a callback, between two steps
+                    stop.signum = stop.signum or signal.SIGINT
+                if stop.signum is not None:
+                    if self.saved_step != self.step:
+                        self._check_finite(self.saved_step or 0)  # never save weights that went non-finite
+                        self.save()
+                    raise TrainingInterrupted(self.step, self.run_dir, stop.signum)
+        finally:
+            self.close()
+        return self.last_metrics
+
+    def _loop(self, stop: StopSignals) -> None:
         tc = self.cfg.train
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.model.train()
-        window, window_steps, checked = None, 0, self.step  # the metrics summed on the device since the last log
+        checked = self.step
         t_last, steps_last = time.perf_counter(), self.step
-        try:
-            while self.step < tc.steps:
-                t0 = time.perf_counter()
-                terms = self.train_step()
-                window, window_steps = (terms if window is None else window + terms), window_steps + 1
-                log = self.step % tc.log_every == 0 or self.step == tc.steps
-                save = self.step % tc.checkpoint_every == 0 or self.step == tc.steps
-                if log or save:
-                    self._check_finite(window[_LOSS], checked)
-                    checked = self.step
-                self.elapsed += time.perf_counter() - t0
-                if log:
-                    self.last_metrics = dict(zip(METRICS, (window / window_steps).tolist()))
-                    window, window_steps = None, 0
-                    now = time.perf_counter()
-                    rate = (self.step - steps_last) / max(now - t_last, 1e-9)
-                    t_last, steps_last = now, self.step
-                    if self.callback:
-                        self.callback(Progress(self.step, tc.steps, self.last_metrics, self.opt.param_groups[0]["lr"],
-                                               kl_weight(self.cfg.latent, self.step), rate, self.elapsed))
-                if save:
-                    self.save()
-        except KeyboardInterrupt:
-            if window is not None:  # never save weights that went non-finite since the last check
-                self._check_finite(window[_LOSS], checked)
-            self.save()
-            raise TrainingInterrupted(self.step, self.run_dir) from None
-        return self.last_metrics
+        while self.step < tc.steps and stop.signum is None:
+            t0 = time.perf_counter()
+            terms = self.train_step()
+            self._window = terms if self._window is None else self._window + terms
+            self._window_steps += 1
+            log = self.step % tc.log_every == 0 or self.step == tc.steps
+            save = self.step % tc.checkpoint_every == 0 or self.step == tc.steps
+            if log or save:
+                self._check_finite(checked)
+                checked = self.step
+            self.elapsed += time.perf_counter() - t0
+            if log:
+                now = time.perf_counter()
+                rate = (self.step - steps_last) / max(now - t_last, 1e-9)
+                t_last, steps_last = now, self.step
+                self._log(rate)
+            if save:
+                self.save()
 
 
 def train(cfg: Config, run_dir: Path, callback=None) -> Trainer:

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from vmd import config as C
 from vmd.allocator import keep_freed_memory
 from vmd.errors import VmdError
+from vmd.models import NAMES_HELP
 
 app = typer.Typer(
     help="Masked diffusion (MDM) and variational masked diffusion (VMD) on discrete data.\n\n"
@@ -31,13 +35,23 @@ out = Console()
 err = Console(stderr=True)
 
 
+def print_error(message: str) -> None:
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
 def fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    print_error(message)
     raise typer.Exit(code)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside training (which saves first): unwinds like Ctrl-C, so that work in flight
+    is dropped the same way, and exits 143 as a process ended by SIGTERM would."""
+
+
 def friendly(fn):
-    """Turn the library's user-facing errors into one line on stderr and exit code 2."""
+    """Turn the library's user-facing errors, file-system faults and interruptions into one line on
+    stderr: exit 2 for an error, 130 for Ctrl-C, 143 for SIGTERM."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -45,6 +59,15 @@ def friendly(fn):
             return fn(*args, **kwargs)
         except VmdError as e:
             fail(str(e))
+        except KeyboardInterrupt as e:
+            term = isinstance(e, Terminated)
+            err.print("terminated" if term else "interrupted")
+            raise typer.Exit(143 if term else 130)
+        except OSError as e:
+            if e.errno == errno.EPIPE:  # the reader went away (`vmd sample ... | head`): nothing left to say
+                raise typer.Exit(1)
+            where = f"{e.filename}: " if e.filename else ""
+            fail(f"{where}{e.strerror or e}")
 
     return wrapper
 
@@ -79,24 +102,34 @@ def train(
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory \\[default: runs/PRESET]."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from its last checkpoint."),
 ):
-    """Train a model from a preset or config file; checkpoints go to the run directory."""
-    from vmd.train import Trainer, TrainingInterrupted
-    from vmd_cli.progress import DataProgress, TrainProgress
+    """Train a model from a preset or config file; checkpoints go to the run directory. Ctrl-C or
+    SIGTERM finishes the step, saves and exits (130 / 143); --resume continues bitwise."""
+    from vmd.train import Trainer
 
     if resume is not None:
         if preset or config_file or out_dir:
             fail("--resume continues a run with its saved config; only --set may change it")
         trainer = Trainer.resume(resume, lambda cfg: C.from_dict(C.apply_overrides(C.to_dict(cfg), sets)))
-        if trainer.step >= trainer.cfg.train.steps:
-            fail(f"{resume} is complete at step {trainer.step}; raise train.steps with --set to train on")
     else:
         if not preset and not config_file:
             fail(f"give --preset NAME or --config FILE; presets: {', '.join(C.list_presets())}")
         cfg = C.load(preset, config_file, sets)
         trainer = Trainer.create(cfg, out_dir or default_out(preset or Path(config_file).stem))
+    try:  # the run directory is locked from here: released on every way out
+        _train(trainer, resume)
+    finally:
+        trainer.close()
+
+
+def _train(trainer, resume: Optional[Path]) -> None:
+    from vmd.train import TrainingInterrupted
+    from vmd_cli.progress import DataProgress, TrainProgress
+
     run_dir = trainer.run_dir
+    if trainer.step >= trainer.cfg.train.steps:
+        fail(f"{resume} is complete at step {trainer.step}; raise train.steps with --set to train on")
     err.print(f"run [bold]{run_dir}[/]: {trainer.cfg.method} on {task_label(trainer.cfg)}, "
-              f"{trainer.parameters:,} parameters, {trainer.device}")
+              f"{trainer.parameters:,} parameters, {trainer.device}", soft_wrap=True)
     with DataProgress(err) as data_progress:
         trainer.task.prepare(data_progress.update)
     with TrainProgress(err, trainer.step, trainer.cfg.train.steps) as progress:
@@ -105,9 +138,9 @@ def train(
             trainer.run()
         except TrainingInterrupted as e:
             progress.stop()
-            err.print(f"{e}; continue with: vmd train --resume {e.run_dir}")
-            raise typer.Exit(130)
-    err.print(f"saved [bold]{run_dir}[/] at step {trainer.step}; evaluate with: vmd eval {run_dir}")
+            err.print(f"{e}; continue with: vmd train --resume {e.run_dir}", soft_wrap=True, highlight=False)
+            raise typer.Exit(e.exit_code)
+    err.print(f"saved [bold]{run_dir}[/] at step {trainer.step}; evaluate with: vmd eval {run_dir}", soft_wrap=True)
 
 
 def parse_ints(text: Optional[str], option: str) -> Optional[list[int]]:
@@ -127,11 +160,17 @@ def task_label(cfg: C.Config) -> str:
     return f"synthetic/{cfg.task.kind}" if cfg.task.name == "synthetic" else cfg.task.name
 
 
-def _load(run_dir: Path, device: Optional[str]):
+MODEL_HELP = f"The model: {NAMES_HELP}."
+
+
+def load_any(source: str, device: Optional[str]):
+    """A model by any name a command takes (``vmd.models.resolve``): (model on its device, config,
+    step, device)."""
     from vmd.checkpoint import load_model
+    from vmd.models import resolve
     from vmd.train import resolve_device
 
-    model, cfg, step = load_model(run_dir, "cpu")
+    model, cfg, step = load_model(resolve(source), "cpu")
     dev = resolve_device(device or cfg.device.device)
     return model.to(dev), cfg, step, dev
 
@@ -143,9 +182,11 @@ def _load(run_dir: Path, device: Optional[str]):
              "  vmd eval runs/sudoku-vmd-tiny --data puzzles.csv --nfe 2,5,10 --strategy top-margin --json")
 @friendly
 def eval_cmd(
-    run_dir: Path = typer.Argument(..., help="A run directory written by vmd train."),
-    nfe: Optional[str] = typer.Option(None, help="Denoiser calls per sample \\[default: the run's sample.nfe; "
-                                      "Sudoku: a list, default 1,2,3,5,10,20,50]."),
+    run_dir: str = typer.Argument(..., metavar="MODEL", help=MODEL_HELP),
+    nfe: Optional[str] = typer.Option(None, help="Denoiser calls (steps) per sample \\[default: the run's sample.nfe; "
+                                      "Sudoku: a list, default 1,2,3,5,10,20,50]. Steps with nothing left to reveal "
+                                      "cost nothing, so NFE above the sequence length (a puzzle's blanks) is the same "
+                                      "as NFE = length."),
     strategy: Optional[str] = typer.Option(None, help="Which positions to reveal: random, top-prob, top-margin "
                                            "\\[Sudoku: a list, default all three]."),
     data: Optional[str] = typer.Option(None, help="Sudoku: a puzzle file to score on \\[default: a generated test set]."),
@@ -164,7 +205,7 @@ def eval_cmd(
 
     if device is not None:
         C.from_dict({"device": {"device": device}})
-    model, cfg, step, dev = _load(run_dir, device)
+    model, cfg, step, dev = load_any(run_dir, device)
     if cfg.task.name == "sudoku":
         from vmd_cli.sudoku import eval_sudoku
 
@@ -196,9 +237,11 @@ def eval_cmd(
              "  vmd sample runs/synthetic-d2-mdm -n 4 --nfe 4 --json")
 @friendly
 def sample(
-    run_dir: Path = typer.Argument(..., help="A run directory written by vmd train."),
+    run_dir: str = typer.Argument(..., metavar="MODEL", help=MODEL_HELP),
     n: int = typer.Option(8, "-n", "--num", help="How many samples."),
-    nfe: Optional[int] = typer.Option(None, help="Denoiser calls per sample \\[default: the run's]."),
+    nfe: Optional[int] = typer.Option(None, help="Denoiser calls (steps) per sample \\[default: the run's]. Steps "
+                                      "with nothing left to reveal cost nothing, so NFE above the sequence length is "
+                                      "the same as NFE = length."),
     strategy: Optional[str] = typer.Option(None, help="random, top-prob or top-margin."),
     temperature: Optional[float] = typer.Option(None, help="Sampling temperature; 0 is argmax."),
     z_policy: Optional[str] = typer.Option(None, "--z-policy", help="once, step or posterior."),
@@ -209,7 +252,7 @@ def sample(
     from vmd.evaluate import draw_samples
     from vmd.tasks import make_task
 
-    model, cfg, _, dev = _load(run_dir, None)
+    model, cfg, _, dev = load_any(run_dir, None)
     sc = _sample_config(cfg, nfe=nfe, strategy=strategy, temperature=temperature, z_policy=z_policy,
                         num_samples=n, batch_size=max(1, n), seed=seed)
     task = make_task(cfg.task)
@@ -225,13 +268,35 @@ import vmd_cli.play  # noqa: E402,F401  (registers vmd play)
 import vmd_cli.sudoku  # noqa: E402,F401  (registers vmd solve)
 
 
+# Click's base error, whichever click this typer runs on (newer typers vendor their own)
+_USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main() -> None:
+    """The ``vmd`` command. Click runs outside its standalone mode, so that its usage errors print as
+    one ``error:`` line like every other error (not a framed box), and Ctrl-C says so."""
     keep_freed_memory()  # this process is the application: see vmd/allocator.py
+    signal.signal(signal.SIGTERM, _terminate)
     try:
-        app()
-    except KeyboardInterrupt:
+        code = app(standalone_mode=False, prog_name="vmd")
+    except _USAGE_ERROR as e:
+        ctx = getattr(e, "ctx", None)
+        if type(e).__name__ == "NoArgsIsHelpError":  # bare `vmd`: the help, as --help shows it
+            print(ctx.get_help() if ctx else e.format_message())
+        else:
+            print_error(e.format_message() + (f" (see '{ctx.command_path} --help')" if ctx else ""))
+        code = e.exit_code
+    except typer.Abort:
         err.print("interrupted")
-        sys.exit(130)
+        code = 130
+    except KeyboardInterrupt as e:
+        err.print("terminated" if isinstance(e, Terminated) else "interrupted")
+        code = 143 if isinstance(e, Terminated) else 130
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

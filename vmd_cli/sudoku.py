@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from vmd_cli.main import app, err, fail, friendly, out
+from vmd.models import NAMES_HELP
+from vmd_cli.main import app, err, fail, friendly, load_any, out
 
 FORMATS = ("grid", "line", "json")
 
@@ -42,18 +42,14 @@ def draw(puzzle, grid, bad: set[int]) -> Text:
     return text
 
 
-def load_sudoku_model(model: Optional[Path], device: Optional[str], bundled: str = "sudoku-vmd"):
-    """A Sudoku run (or the bundled model): (model on its device, config, step, device)."""
-    from vmd.checkpoint import load_model
-    from vmd.models import bundled_path
-    from vmd.train import resolve_device
-
-    source = model if model is not None else bundled_path(bundled)
-    net, cfg, step = load_model(source, "cpu")
+def load_sudoku_model(model: Optional[str], device: Optional[str], bundled: str = "sudoku-vmd"):
+    """A Sudoku model by any name (``load_any``), or the bundled one: (model on its device, config,
+    step, device)."""
+    source = model if model is not None else bundled
+    net, cfg, step, dev = load_any(source, device)
     if cfg.task.name != "sudoku":
         fail(f"{source} is a {cfg.task.name} model, not a Sudoku model")
-    dev = resolve_device(device or cfg.device.device)
-    return net.to(dev), cfg, step, dev
+    return net, cfg, step, dev
 
 
 @app.command(epilog="Examples:\n\n"
@@ -65,9 +61,10 @@ def load_sudoku_model(model: Optional[Path], device: Optional[str], bundled: str
 @friendly
 def solve(
     file: str = typer.Argument(..., help="Puzzle file: 81-character lines, 9x9 grids (with or without borders) or CSV; - for stdin."),
-    nfe: int = typer.Option(10, help="Denoiser calls per puzzle."),
+    nfe: int = typer.Option(10, help="Denoiser calls (steps) per puzzle. Steps with nothing left to reveal cost "
+                            "nothing, so NFE above a puzzle's blanks solves it as NFE = its blanks."),
     strategy: str = typer.Option("top-margin", help="Which cells to fill first: random, top-prob, top-margin."),
-    model: Optional[Path] = typer.Option(None, help="A run directory from vmd train \\[default: the bundled VMD]."),
+    model: Optional[str] = typer.Option(None, help=f"The model: {NAMES_HELP} \\[default: sudoku-vmd]."),
     restarts: int = typer.Option(0, help="Retry each failed puzzle up to K times, with fresh z draws and a perturbed fill order."),
     fmt: str = typer.Option("grid", "--format", help="Output: grid (drawn); line (81 characters a puzzle: the solution, or "
                             "the puzzle as given, blanks as '.', when not solved); json (one object a line: puzzle, solved, "

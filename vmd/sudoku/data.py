@@ -19,10 +19,11 @@ being made and where it goes, or which cached file is used.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 import random
+import signal
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -61,6 +62,14 @@ def _chunk(args) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
     return [make_puzzle(rng, min_givens, max_givens) for _ in range(count)]
 
 
+def _leave_signals_to_the_parent() -> None:
+    """Workers ignore Ctrl-C (a terminal sends it to every process of the job) and end quietly on
+    SIGTERM: the parent alone reacts, ends them and reports one line, where each worker would print
+    a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _generate(n: int, min_givens: int, max_givens: int, seed: int, workers: int,
               progress: Callable[[int], None] | None) -> tuple[torch.Tensor, torch.Tensor]:
     jobs = [(seed, i, min(CHUNK, n - i * CHUNK), min_givens, max_givens) for i in range((n + CHUNK - 1) // CHUNK)]
@@ -75,8 +84,17 @@ def _generate(n: int, min_givens: int, max_givens: int, seed: int, workers: int,
     if workers <= 1 or len(jobs) == 1:
         collect(map(_chunk, jobs))
     else:
-        with ProcessPoolExecutor(workers) as pool:
-            collect(pool.map(_chunk, jobs))
+        # a multiprocessing pool, not concurrent.futures': on Ctrl-C or an error it can be ended at
+        # once (terminate), where an executor first finishes the chunks it has started
+        pool = multiprocessing.Pool(workers, initializer=_leave_signals_to_the_parent)
+        try:
+            collect(pool.imap(_chunk, jobs))
+        except BaseException:
+            pool.terminate()
+            raise
+        finally:
+            pool.close()
+            pool.join()
     puzzles = torch.tensor([p for p, _ in pairs], dtype=torch.uint8)
     solutions = torch.tensor([s for _, s in pairs], dtype=torch.uint8)
     return puzzles, solutions
