@@ -57,6 +57,7 @@ def test_other_glibc_tunables_do_not_stop_it(monkeypatch):
 def test_the_vmd_command_applies_it_before_any_work(monkeypatch):
     calls = []
     monkeypatch.setattr(cli, "keep_freed_memory", lambda: calls.append("malloc"))
-    monkeypatch.setattr(cli, "app", lambda: calls.append("app"))
-    cli.main()
+    monkeypatch.setattr(cli, "app", lambda **kwargs: calls.append("app"))
+    with pytest.raises(SystemExit):
+        cli.main()
     assert calls == ["malloc", "app"]

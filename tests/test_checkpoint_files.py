@@ -15,7 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from tests.conftest import tiny
-from vmd import checkpoint
+from vmd import atomic, checkpoint
 from vmd.errors import CheckpointError
 from vmd.train import train
 
@@ -308,7 +308,7 @@ def test_ctrl_c_during_a_write_removes_the_temporary_file(tmp_path, monkeypatch)
 
     monkeypatch.setattr(os, "fsync", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        checkpoint.atomic_write(tmp_path / "f", b"new")
+        atomic.atomic_write(tmp_path / "f", b"new")
     assert (tmp_path / "f").read_bytes() == b"old" and temps(tmp_path) == []
 
 
@@ -318,8 +318,8 @@ def test_stale_temporary_files_are_cleaned(tmp_path):
     names = [f".model.safetensors.tmp-{dead}", f".meta.json.tmp-{os.getpid()}", ".config.yaml.tmp-1", MODEL]
     for name in names:
         (tmp_path / name).write_bytes(b"x")
-    assert checkpoint.clean_stale_temps(tmp_path) == [tmp_path / names[0]]  # the others' writers may be alive
-    assert sorted(checkpoint.clean_stale_temps(tmp_path, locked=True)) == sorted(tmp_path / n for n in names[1:3])
+    assert atomic.clean_stale_temps(tmp_path) == [tmp_path / names[0]]  # the others' writers may be alive
+    assert sorted(atomic.clean_stale_temps(tmp_path, locked=True)) == sorted(tmp_path / n for n in names[1:3])
     assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.conftest import tiny
-from vmd import checkpoint
+from vmd import atomic, checkpoint
 from vmd.errors import CheckpointError
 from vmd.train import Trainer, TrainingInterrupted, train
 
@@ -80,7 +80,7 @@ def test_an_interrupted_write_leaves_the_old_file_whole(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(OSError):
-        checkpoint.atomic_write(tmp_path / "r" / "train_state.safetensors", b"new and half written")
+        atomic.atomic_write(tmp_path / "r" / "train_state.safetensors", b"new and half written")
     assert (tmp_path / "r" / "train_state.safetensors").read_bytes() == before
 
 

@@ -36,7 +36,7 @@ from torch.overrides import TorchFunctionMode
 
 import vmd
 from vmd import config as C
-from vmd.atomic import atomic_write, clean_stale_temps  # noqa: F401  (clean_stale_temps: for train.py)
+from vmd.atomic import atomic_write
 from vmd.errors import CheckpointError, ConfigError
 
 FORMAT = "vmd-run-1"

@@ -207,8 +207,8 @@ class Trainer:
             raise CheckpointError(f"{run_dir}: optimiser state does not match the model ({e})") from e
         if state["scaler"]:
             trainer.scaler.load_state_dict(state["scaler"])
-        trainer.data_gen.set_state(state["rng"]["data"])
-        trainer.noise_gen.set_state(state["rng"]["noise"].to(torch.uint8))
+        checkpoint.set_rng_state(trainer.data_gen, state["rng"]["data"], "data", run_dir)
+        checkpoint.set_rng_state(trainer.noise_gen, state["rng"]["noise"].to(torch.uint8), "noise", run_dir)
         trainer.step = trainer.saved_step = state["step"]
         trainer.elapsed = float(meta.get("elapsed_s", 0.0))
         trainer.last_metrics = meta.get("train_metrics", {})

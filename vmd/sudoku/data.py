@@ -29,7 +29,7 @@ from typing import Callable
 
 import torch
 
-from vmd.checkpoint import atomic_write
+from vmd.atomic import atomic_write
 from vmd.errors import DataError
 from vmd.sudoku.grid import Puzzle, read_puzzles
 from vmd.sudoku.solver import make_puzzle, random_solution
