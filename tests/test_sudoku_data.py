@@ -3,6 +3,7 @@ import random
 import pytest
 import torch
 
+import vmd.cache
 from vmd.errors import DataError
 from vmd.sudoku import data as D
 from vmd.sudoku.augment import augment
@@ -127,7 +128,7 @@ def test_an_unusable_cache_directory_is_one_error_before_any_work(tmp_path, monk
     def read_only(*a, **k):  # as a read-only directory answers (the tests may run as root, who may write anywhere)
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(D.tempfile, "TemporaryFile", read_only)
+    monkeypatch.setattr(vmd.cache.tempfile, "TemporaryFile", read_only)
     with pytest.raises(DataError, match=r"cache/sudoku is not writable \(Permission denied\)"):
         D.generated_set(6, 30, 36, workers=1)
 

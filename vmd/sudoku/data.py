@@ -23,31 +23,22 @@ import multiprocessing
 import os
 import random
 import signal
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 from vmd.atomic import atomic_write
+from vmd.cache import CACHE_HINT, cache_dir
+from vmd.cache import check_writable as _check_writable
 from vmd.errors import DataError
 from vmd.sudoku.grid import Puzzle, read_puzzles
 from vmd.sudoku.solver import make_puzzle, random_solution
 
 CHUNK = 50
 FORMAT_VERSION = "2"  # 2: settings and a checksum in the metadata (v1 files, without them, are not read)
-CACHE_HINT = "set VMD_CACHE_DIR to a writable directory"
 
 Progress = Callable[[int, int, str], None]
-
-
-def cache_dir() -> Path:
-    env = os.environ.get("VMD_CACHE_DIR")
-    if env:
-        return Path(env)
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("vmd"))
 
 
 def _chunk(args) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
@@ -142,18 +133,6 @@ def _load_cached(path: Path, settings: dict[str, str], min_givens: int, max_give
     if meta.get("sha256") != _digest(puzzles, solutions):
         return "checksum mismatch"
     return _problem(puzzles, solutions, min_givens, max_givens) or (puzzles, solutions)
-
-
-def _check_writable(root: Path, folder: Path) -> None:
-    """A DataError before any work if the cache cannot take a new file."""
-    if root.exists() and not root.is_dir():
-        raise DataError(f"the data cache {root} is not a directory; {CACHE_HINT}")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as e:
-        raise DataError(f"the data cache {folder} is not writable ({e.strerror or e}); {CACHE_HINT}") from None
 
 
 def generated_set(n: int, min_givens: int, max_givens: int, seed: int = 0, workers: int | None = None,
