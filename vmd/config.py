@@ -21,7 +21,7 @@ from vmd.errors import ConfigError
 
 @dataclass
 class TaskConfig:
-    name: Literal["synthetic", "sudoku"] = "synthetic"
+    name: Literal["synthetic", "sudoku", "text"] = "synthetic"
     # synthetic: 2tok (k, k+1), 2tok-nonuniform (P(k) = (k+1)/55), d1, d2 (four tokens), corr (parameter p)
     kind: Literal["2tok", "2tok-nonuniform", "d1", "d2", "corr"] = "2tok"
     p: float = 1.0
@@ -36,6 +36,18 @@ class TaskConfig:
     min_givens: int = 22
     max_givens: int = 36
     augment: bool = True
+    # text: text8 (file empty: downloaded once into the user cache, verified, split 90M / 5M / 5M
+    # characters) or your own UTF-8 text (file: a text file, or a folder whose files are read in
+    # name order; split by characters 90% / 5% / 5% into train / valid / test), cut into
+    # sequences of `length` tokens. A relative file not found from the working directory is also
+    # looked up beside the vmd checkout (so ../shared/data/... works from a clone). tokenizer:
+    # char (one token per character; text8's 27 characters, or the training split's characters)
+    # or sentencepiece (a BPE model of `vocab_size` pieces trained on the training split; own
+    # text only). The vocabulary or tokenizer is stored with the run, which then loads without
+    # the corpus.
+    length: int = 256
+    tokenizer: Literal["char", "sentencepiece"] = "char"
+    vocab_size: int = 0
 
 
 @dataclass
@@ -153,6 +165,8 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "task.vocab": (lambda v: v >= 2, "an integer >= 2"),
     "task.grids": _POSITIVE, "task.min_givens": (lambda v: 17 <= v <= 80, "17 to 80 givens"),
     "task.max_givens": (lambda v: 17 <= v <= 80, "17 to 80 givens"),
+    "task.length": (lambda v: v >= 1, "an integer >= 1 (tokens per sequence)"),
+    "task.vocab_size": (lambda v: v >= 0, "an integer >= 0 (0 unless task.tokenizer is sentencepiece)"),
     "model.dim": _POSITIVE, "model.layers": _POSITIVE, "model.heads": _POSITIVE,
     "model.mlp_ratio": _POSITIVE, "model.dropout": (lambda v: 0.0 <= v < 1.0, "a rate in [0, 1)"),
     "latent.dim": _POSITIVE, "latent.encoder_dim": _POSITIVE, "latent.encoder_layers": _NON_NEGATIVE,
@@ -239,6 +253,15 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"task.min_givens ({cfg.task.min_givens}) is above task.max_givens ({cfg.task.max_givens})")
     if cfg.task.name == "sudoku" and cfg.task.source == "file" and not cfg.task.file:
         raise ConfigError("task.source is 'file' but task.file is empty; give the puzzle file with --set task.file=PATH")
+    if cfg.task.name == "text" and cfg.task.tokenizer == "sentencepiece":
+        if not cfg.task.file:
+            raise ConfigError("task.tokenizer sentencepiece needs task.file (your own text); text8 is character-level")
+        if cfg.task.vocab_size <= 0:
+            raise ConfigError("task.tokenizer is sentencepiece but task.vocab_size is 0; give the number of pieces, "
+                              "e.g. --set task.vocab_size=2000")
+    elif cfg.task.vocab_size:
+        raise ConfigError(f"task.vocab_size ({cfg.task.vocab_size}) applies to task.tokenizer sentencepiece of "
+                          "task.name text only; leave it 0")
     if cfg.model.relation_bias and cfg.task.name != "sudoku":
         raise ConfigError(f"model.relation_bias needs a task with structured positions (sudoku), not {cfg.task.name!r}")
     if cfg.model.dim % cfg.model.heads:

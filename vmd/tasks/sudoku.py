@@ -72,6 +72,10 @@ class SudokuTask:
         given = None if self.cfg.source == "solutions" else p > 0
         return x0, given
 
+    def state(self) -> dict[str, str]:
+        """Nothing learned from data: the config alone rebuilds the task."""
+        return {}
+
     def start(self, n: int):
         """Empty boards: ``vmd sample`` draws complete grids (puzzles go through vmd.sudoku.solve)."""
         return torch.full((n, 81), 9, dtype=torch.long), None

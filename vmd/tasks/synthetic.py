@@ -58,6 +58,10 @@ class SyntheticTask:
     def prepare(self, progress=None) -> None:
         """Nothing to make: batches are drawn from the exact joint."""
 
+    def state(self) -> dict[str, str]:
+        """Nothing learned from data: the config alone rebuilds the task."""
+        return {}
+
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         return (codes[:, None] // self.place) % self.vocab
 
