@@ -1,12 +1,17 @@
-"""The reverse process (method.md §4): ``nfe`` denoiser calls from t=1 to t=0.
+"""The reverse process (method.md §4): ``nfe`` steps from t=1 to t=0.
 
-Each step asks the denoiser for logits, decides how many masked positions to reveal
-(so many that the expected share still masked follows 1 - alpha_t, all of them after
-the last step), picks which (``random``, ``top-prob`` or ``top-margin``) and what value
-(argmax, or a float64 Gumbel-max draw at a temperature). Given positions never change.
-``order_noise`` perturbs which positions go first (Gumbel noise on the log-scores), so that
-a retry of a failed solve takes a different path even where the values stay argmax.
-Where the latent comes from is one small pluggable policy.
+Each step decides how many masked positions to reveal (so many that the expected share
+still masked follows 1 - alpha_t, all of them after the last step), asks the denoiser for
+logits, picks which (``random``, ``top-prob`` or ``top-margin``) and what value (argmax, or
+a float64 Gumbel-max draw at a temperature). Given positions never change. A step that
+reveals nothing in any row costs nothing: no denoiser call, no draws (so an NFE above the
+number of masked positions adds no calls). ``order_noise`` perturbs which positions go first
+(Gumbel noise on the log-scores), so that a retry of a failed solve takes a different path
+even where the values stay argmax. Where the latent comes from is one small pluggable policy.
+
+Random draws come from a ``torch.Generator`` (one stream for the batch), or from
+``RowGenerators`` (one stream per row): then a row draws only at its own steps, from its own
+stream, and its result does not depend on which rows share its batch.
 """
 
 from __future__ import annotations
@@ -19,6 +24,72 @@ import torch
 from vmd.schedule import LinearSchedule, Schedule
 
 STRATEGIES = ("random", "top-prob", "top-margin")
+# How far a computed mask probability may stray from a falling schedule (float32 ulps are ~6e-8)
+# when searching for the next step that may reveal something; a wider margin only costs a check.
+_PROB_SLACK = 1e-6
+
+
+class RowGenerators:
+    """One CPU ``torch.Generator`` per row of a batch: row i's draws come from ``generators[i]``
+    alone, so what a row draws does not depend on the other rows. ``rows`` (bool, one per row):
+    only those rows draw; the others get zeros and their streams do not move. The draws are made
+    on the CPU and moved to the batch's device in one copy: one small op per row there would cost
+    a kernel launch each on a GPU; and a row draws the same on any device."""
+
+    def __init__(self, generators, rows: torch.Tensor | None = None):
+        self.generators = list(generators)
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.generators)
+
+    def subset(self, index: torch.Tensor) -> "RowGenerators":
+        """The streams of rows ``index`` (the same generators: drawing from one advances the other)."""
+        return RowGenerators([self.generators[i] for i in index.tolist()])
+
+    def only(self, rows: torch.Tensor) -> "RowGenerators":
+        return RowGenerators(self.generators, rows.cpu())
+
+    def each(self, shape, draw: Callable[[int, torch.Generator], torch.Tensor], device=None, dtype=None):
+        """``draw(i, generators[i])``, a CPU tensor of shape ``shape[1:]``, for each drawing row i,
+        zeros for the others, stacked and moved to ``device``."""
+        shape = tuple(shape)
+        if shape[0] != len(self):
+            raise ValueError(f"a draw for {shape[0]} rows from {len(self)} row generators")
+        drawing = [True] * len(self) if self.rows is None else self.rows.tolist()
+        if not any(drawing):
+            return torch.zeros(shape, device=device, dtype=dtype)
+        zero = torch.zeros(shape[1:], dtype=dtype) if not all(drawing) else None
+        parts = [draw(i, g) if on else zero for i, (g, on) in enumerate(zip(self.generators, drawing))]
+        return torch.stack(parts).to(device)
+
+
+def rand(shape, generator=None, device=None, dtype=None) -> torch.Tensor:
+    """``torch.rand``, or one row at a time from ``RowGenerators``."""
+    if isinstance(generator, RowGenerators):
+        return generator.each(shape, lambda i, g: torch.rand(shape[1:], generator=g, dtype=dtype), device, dtype)
+    return torch.rand(shape, generator=generator, device=device, dtype=dtype)
+
+
+def randn(shape, generator=None, device=None, dtype=None) -> torch.Tensor:
+    """``torch.randn``, or one row at a time from ``RowGenerators``."""
+    if isinstance(generator, RowGenerators):
+        return generator.each(shape, lambda i, g: torch.randn(shape[1:], generator=g, dtype=dtype), device, dtype)
+    return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+
+
+def multinomial(probs: torch.Tensor, generator=None) -> torch.Tensor:
+    """One category index drawn from each vector of ``probs`` (B, ..., K): (B, ...)."""
+    k = probs.shape[-1]
+    if isinstance(generator, RowGenerators):
+        cpu = probs.cpu()
+        return generator.each(probs.shape[:-1], lambda i, g: torch.multinomial(cpu[i].reshape(-1, k), 1, generator=g)
+                              .view(probs.shape[1:-1]), probs.device, torch.long)
+    return torch.multinomial(probs.reshape(-1, k), 1, generator=generator).view(probs.shape[:-1])
+
+
+def _rows_only(generator, rows: torch.Tensor):
+    return generator.only(rows) if isinstance(generator, RowGenerators) else generator
 
 
 class DrawOnce:
@@ -28,7 +99,8 @@ class DrawOnce:
         return model.sample_z(x, generator)
 
     def step(self, model, x, z, logits, generator):
-        """``logits``: the denoiser's output at the previous step (on the sequence before it)."""
+        """Called before each of a row's steps after its first (``generate`` keeps z of the other
+        rows). ``logits``: the denoiser's output at the row's previous step (on the sequence before it)."""
         return z
 
 
@@ -42,7 +114,7 @@ class DrawEveryStep(DrawOnce):
 class DrawFromPosterior(DrawOnce):
     """Posterior-guided (method.md §5): the first z from the prior, then each next one drawn
     from the encoder q(z | x0_hat, xt), with x0_hat the current sequence completed by the
-    previous step's argmax predictions."""
+    argmax predictions of the row's previous step."""
 
     def step(self, model, x, z, logits, generator):
         masked = x == model.mask_id
@@ -55,7 +127,8 @@ Z_POLICIES = {"once": DrawOnce, "step": DrawEveryStep, "posterior": DrawFromPost
 
 @dataclass
 class Step:
-    """What a step callback sees: after step ``index`` of ``nfe``."""
+    """What a step callback sees: after step ``index`` of ``nfe``. Only steps that reveal something
+    are seen (the steps between revealed nothing and left ``x`` as it was)."""
 
     index: int
     nfe: int
@@ -72,7 +145,7 @@ def unmask_counts(masked_now, masked_at_start, s: float, schedule: Schedule):
 
 def gumbel_noise(like: torch.Tensor, generator=None) -> torch.Tensor:
     """Standard Gumbel noise of ``like``'s shape, dtype and device (Gumbel-max sampling)."""
-    u = torch.rand(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+    u = rand(like.shape, generator, device=like.device, dtype=like.dtype)
     return -torch.log(-torch.log(u.clamp_min(torch.finfo(like.dtype).tiny)))
 
 
@@ -93,7 +166,7 @@ def scores(logits, strategy: str, generator=None, noise: float = 0.0):
         s = scores(logits, strategy, generator)
         return s.clamp_min(torch.finfo(s.dtype).tiny).log() + noise * gumbel_noise(s, generator)
     if strategy == "random":
-        return torch.rand(logits.shape[:2], generator=generator, device=logits.device, dtype=torch.float64)
+        return rand(logits.shape[:2], generator, device=logits.device, dtype=torch.float64)
     probs = torch.softmax(logits.double(), -1)
     if strategy == "top-prob":
         return probs.max(-1).values
@@ -101,6 +174,33 @@ def scores(logits, strategy: str, generator=None, noise: float = 0.0):
         top2 = probs.topk(2, dim=-1).values
         return top2[..., 0] - top2[..., 1]
     raise ValueError(f"unknown strategy '{strategy}'; choose one of {', '.join(STRATEGIES)}")
+
+
+def _mask_prob(schedule: Schedule, k: int, nfe: int) -> float:
+    """The share of the starting masks to keep masked after step ``k`` (0-based) of ``nfe``."""
+    return float(schedule.mask_prob(torch.tensor(1.0 - (k + 1) / nfe)))
+
+
+def next_reveal(k: int, nfe: int, schedule: Schedule, masked_now, masked_at_start) -> int:
+    """The first step from ``k`` on that may reveal a position in some row; ``nfe`` if none will.
+
+    A row with m of its M0 positions masked reveals once round(M0 * p) < m, that is p <= (m - 0.5) / M0,
+    for p the mask probability after the step; p falls step by step, so a bisection over the steps
+    finds the first that may (``_PROB_SLACK`` covers float wobble in p). Steps before it reveal nothing.
+    """
+    live = masked_now > 0
+    if not bool(live.any()):
+        return nfe
+    bound = float(((masked_now[live].double() - 0.5) / masked_at_start[live].double()).max()) + _PROB_SLACK
+    if _mask_prob(schedule, k, nfe) <= bound:
+        return k
+    lo, hi = k, nfe - 1
+    if _mask_prob(schedule, hi, nfe) > bound:
+        return nfe
+    while hi - lo > 1:  # the step lo may not reveal, the step hi may
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if _mask_prob(schedule, mid, nfe) <= bound else (mid, hi)
+    return hi
 
 
 @torch.no_grad()
@@ -112,6 +212,14 @@ def generate(model, x: torch.Tensor, *, nfe: int, strategy: str = "random", temp
 
     ``z`` fixes the starting latent (for a VMD); otherwise the policy draws it. ``z_policy``: a
     name from ``Z_POLICIES`` or a policy object (``start`` and ``step`` as ``DrawOnce`` has).
+    ``generator``: a ``torch.Generator`` or ``RowGenerators``.
+
+    Only steps that reveal a position in some row call the denoiser (on the whole batch). A row's
+    first such step uses the starting z; the policy redraws z before each of its later ones, from
+    the logits of its previous one. Rows with nothing to reveal in a step keep their z and their
+    last logits, and draw nothing from ``RowGenerators``, so a row's path depends on it alone.
+    While every row reveals something at every step (with the linear schedule: ``nfe`` at most
+    the fewest masked positions of a row), this is exactly the plain loop over the ``nfe`` steps.
     """
     if nfe < 1:
         raise ValueError(f"nfe must be >= 1, got {nfe}")
@@ -125,19 +233,34 @@ def generate(model, x: torch.Tensor, *, nfe: int, strategy: str = "random", temp
     start = (x == model.mask_id).sum(1)
     if z is None:
         z = policy.start(model, x, generator)
-    for k in range(nfe):
-        if k:
-            z = policy.step(model, x, z, logits, generator)
+    seen = torch.zeros_like(start, dtype=torch.bool)  # rows that have been through a step
+    last = None  # each row's logits at its last step
+    k = 0
+    while True:
         masked = x == model.mask_id
+        k = next_reveal(k, nfe, schedule, masked.sum(1), start)
+        if k >= nfe:
+            break
         n = unmask_counts(masked.sum(1), start, 1.0 - (k + 1) / nfe, schedule)
+        active = n > 0
+        k += 1
+        if not bool(active.any()):
+            continue
+        redraw = active & seen
+        if bool(redraw.any()):
+            drawn = policy.step(model, x, z, last, _rows_only(generator, redraw))
+            z = drawn if z is None or drawn is None or bool(redraw.all()) else torch.where(redraw[:, None], drawn, z)
         logits = model(x, z)
-        values = choose_values(logits, temperature, generator)
-        score = scores(logits, strategy, generator, order_noise).masked_fill(~masked, float("-inf"))
+        rows_gen = _rows_only(generator, active)
+        values = choose_values(logits, temperature, rows_gen)
+        score = scores(logits, strategy, rows_gen, order_noise).masked_fill(~masked, float("-inf"))
         rank = torch.empty_like(x)
         order = score.argsort(dim=1, descending=True)
         rank.scatter_(1, order, torch.arange(x.shape[1], device=x.device).expand_as(x))
         revealed = masked & (rank < n[:, None])
         x = torch.where(revealed, values, x)
+        last = logits if last is None or bool(active.all()) else torch.where(active[:, None, None], logits, last)
+        seen |= active
         if callback is not None:
-            callback(Step(k + 1, nfe, x, revealed, z))
+            callback(Step(k, nfe, x, revealed, z))
     return x

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vmd.model.transformer import Trunk
-from vmd.sampling import gumbel_noise
+from vmd.sampling import gumbel_noise, multinomial, randn
 
 LOGVAR_MIN, LOGVAR_MAX = -12.0, 4.0
 _LOG_2PI = math.log(2 * math.pi)
@@ -38,7 +38,8 @@ def gaussian_kl(mu_q, logvar_q, mu_p, logvar_p):
 
 
 def reparameterize(mu, logvar, generator=None):
-    eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+    """``generator``: a torch.Generator or ``vmd.sampling.RowGenerators`` (one stream per row)."""
+    eps = randn(mu.shape, generator, device=mu.device, dtype=mu.dtype)
     return mu + torch.exp(0.5 * logvar) * eps
 
 
@@ -92,7 +93,7 @@ class StandardNormal:
         self.batch, self.dim, self.device = batch, dim, device
 
     def sample(self, generator=None):
-        return torch.randn(self.batch, self.dim, generator=generator, device=self.device)
+        return randn((self.batch, self.dim), generator, device=self.device)
 
     def kl(self, q: Gaussian):
         zero = torch.zeros_like(q.mu)
@@ -108,9 +109,9 @@ class Mixture:
         self.logits, self.means, self.logvars = logits, means, logvars
 
     def sample(self, generator=None):
-        b, g, k = self.logits.shape
-        probs = torch.softmax(self.logits.float(), dim=-1).reshape(b * g, k)
-        pick = torch.multinomial(probs, 1, generator=generator).view(b, g, 1, 1).expand(-1, -1, 1, self.means.shape[-1])
+        b, g = self.logits.shape[:2]
+        probs = torch.softmax(self.logits.float(), dim=-1)
+        pick = multinomial(probs, generator).view(b, g, 1, 1).expand(-1, -1, 1, self.means.shape[-1])
         mu = self.means.gather(2, pick).squeeze(2).reshape(b, -1)
         logvar = self.logvars.gather(2, pick).squeeze(2).reshape(b, -1)
         return reparameterize(mu, logvar, generator)
