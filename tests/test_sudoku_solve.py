@@ -293,3 +293,56 @@ def test_fused_cpu_linear_layers_in_inference_give_the_plain_ops_values():
             assert torch.allclose(model(x, z), plain, atol=1e-4)
             with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast picks the dtypes: the plain ops
                 assert not fused_linear_applies(torch.zeros(1))
+
+
+def test_a_puzzle_solves_the_same_whatever_the_batching_the_workers_and_its_place():
+    """Each puzzle draws from its own stream (the seed and its digits): batch sizes 64 / 32 / 7, one
+    worker or two, and the file's order change no grid, no solved flag and no attempt count, with
+    z, the cell order and the values all drawn (and with top-margin, where retries draw the order)."""
+    from vmd.checkpoint import load_model
+    from vmd.models import bundled_path
+
+    rng = random.Random(9)
+    puzzles = torch.tensor([make_puzzle(rng, 26, 34)[0] for _ in range(40)])
+    model, _, _ = load_model(bundled_path("sudoku-vmd"))
+    shuffle = torch.randperm(40, generator=torch.Generator().manual_seed(0))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two workers then run one thread each, as on a 2-core machine
+    try:
+        for kw in (dict(strategy="random", temperature=1.0, z_policy="step", restarts=1, nfe=3),
+                   dict(strategy="top-margin", temperature=0.0, z_policy="step", restarts=1, nfe=3)):
+            ref = solve(model, puzzles, batch_size=64, workers=1, **kw)
+            assert 0 < ref.solved.sum() < 40 and (ref.attempts > 1).any()  # some retried, some solved
+            moved = solve(model, puzzles[shuffle], batch_size=7, workers=2, **kw)
+            back = [torch.empty_like(t).index_copy_(0, shuffle, t) for t in (moved.grids, moved.solved, moved.attempts)]
+            for run in (solve(model, puzzles, batch_size=32, workers=2, **kw),
+                        solve(model, puzzles, batch_size=7, workers=1, **kw), type(moved)(*back)):
+                for a, b in ((ref.grids, run.grids), (ref.solved, run.solved), (ref.attempts, run.attempts)):
+                    assert torch.equal(a, b)
+        twice = solve(model, puzzles[[3, 3]], nfe=3, strategy="random", temperature=1.0, z_policy="step")
+        assert torch.equal(twice.grids[0], twice.grids[1])  # the same puzzle twice: the same draws
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_trace_is_solves_first_attempt_and_keeps_a_frame_for_every_step():
+    """The playground's trace: solve's draws for the puzzle and seed, nfe + 1 frames even where
+    steps reveal nothing (above the number of blanks), and no denoiser call for those."""
+    from vmd.checkpoint import load_model
+    from vmd.models import bundled_path
+    from vmd.sudoku.solve import trace
+
+    model, _, _ = load_model(bundled_path("sudoku-vmd"))
+    puzzle = make_puzzle(random.Random(2), 70, 74)[0]  # 7-11 blanks
+    blanks = puzzle.count(0)
+    calls, forward = [], model.forward
+    model.forward = lambda x, z=None: calls.append(1) or forward(x, z)
+    for nfe, seed in ((3, 0), (3, 1), (20, 0)):
+        calls.clear()
+        tr = trace(model, puzzle, nfe=nfe, strategy="random", seed=seed, z_policy="step")
+        assert tr.nfe == nfe and len(calls) == min(nfe, blanks)
+        assert tr.frames[0] == list(puzzle) and 0 not in tr.frames[-1] and max(tr.filled_at) <= nfe
+        for k in range(1, nfe + 1):  # frame k: the grid with the cells filled by step k, no more
+            assert all((v == 0) == (f > k) for v, f in zip(tr.frames[k], tr.filled_at))
+        alone = solve(model, torch.tensor([puzzle]), nfe=nfe, strategy="random", seed=seed, z_policy="step")
+        assert alone.grids[0].tolist() == tr.frames[-1]

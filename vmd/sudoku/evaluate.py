@@ -12,7 +12,7 @@ import torch
 from vmd.sampling import DrawOnce, Step, generate
 from vmd.schedule import make_schedule
 from vmd.sudoku.grid import UNITS
-from vmd.sudoku.solve import batch_generator, default_batch_size, solve, solved_mask
+from vmd.sudoku.solve import default_batch_size, puzzle_generators, solve, solved_mask
 from vmd.tasks.sudoku import to_digits, to_tokens
 
 # every pair of cells that share a row, column or box, once: (810, 2)
@@ -73,12 +73,12 @@ def clash_kinds(grids: torch.Tensor, filled_at: torch.Tensor, puzzles: torch.Ten
 def _solve_once(model, puzzles: torch.Tensor, *, nfe: int, strategy: str, z_policy, schedule: str,
                 batch_size: int | None, device, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """One argmax solve of every puzzle in batches, as ``solve`` without restarts, with its draws
-    (``batch_generator``): (grids, filled_at), ``filled_at`` the step that filled each cell (0 for a
+    (``puzzle_generators``): (grids, filled_at), ``filled_at`` the step that filled each cell (0 for a
     given). ``z_policy``: a name, or a function of a batch's slice that returns a policy object."""
     batch_size = batch_size or default_batch_size(device)
     sched = make_schedule(schedule)
     grids, filled_at = [], []
-    for index, lo in enumerate(range(0, puzzles.shape[0], batch_size)):
+    for lo in range(0, puzzles.shape[0], batch_size):
         rows = slice(lo, lo + batch_size)
         filled = torch.zeros(puzzles[rows].shape, dtype=torch.long, device=device)
 
@@ -87,7 +87,7 @@ def _solve_once(model, puzzles: torch.Tensor, *, nfe: int, strategy: str, z_poli
 
         x = generate(model, to_tokens(puzzles[rows]).to(device), nfe=nfe, strategy=strategy, temperature=0.0,
                      z_policy=z_policy if isinstance(z_policy, str) else z_policy(rows), schedule=sched,
-                     generator=batch_generator(seed, index, device), callback=keep)
+                     generator=puzzle_generators(puzzles[rows], seed), callback=keep)
         grids.append(to_digits(x).cpu())
         filled_at.append(filled.cpu())
     return torch.cat(grids), torch.cat(filled_at)

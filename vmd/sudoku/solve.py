@@ -4,12 +4,14 @@
 result, and retries the failures (``restarts``, method.md §5) with fresh latent draws and a
 perturbed unmasking order: all the retries of a batch run as one batch. The givens are
 never changed by the sampler. On a CPU, batches are solved side by side, one per torch thread
-(``solving_workers``); each batch draws from its own seeded generator, so the results do not
-depend on how many run at once.
+(``solving_workers``). Each puzzle draws from its own random stream, fixed by the seed and the
+puzzle's digits (``puzzle_generators``), so a puzzle's result depends on neither the batching,
+nor how many batches run at once, nor where it stands in the input.
 """
 
 from __future__ import annotations
 
+import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from vmd.sampling import Step, generate
+from vmd.sampling import RowGenerators, Step, generate
 from vmd.schedule import make_schedule
 from vmd.sudoku.grid import UNITS
 from vmd.tasks.sudoku import to_digits, to_tokens
@@ -56,10 +58,17 @@ def default_batch_size(device) -> int:
     return 64 if torch.device(device).type == "cpu" else 256
 
 
-def batch_generator(seed: int, index: int, device) -> torch.Generator:
-    """The random stream of batch ``index`` of a solve with ``seed``: fixed by the two, whichever
-    worker solves the batch and whenever."""
-    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + index) % 2 ** 63)
+def puzzle_seed(seed: int, puzzle) -> int:
+    """The seed of a puzzle's random stream: a hash of the solve's seed and the puzzle's 81 digits."""
+    digest = hashlib.blake2b(f"{seed}:{''.join(map(str, puzzle))}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1  # manual_seed takes up to 2^63 - 1 here
+
+
+def puzzle_generators(puzzles: torch.Tensor, seed: int) -> RowGenerators:
+    """One random stream per puzzle of (n, 81) ``puzzles``, fixed by ``seed`` and the puzzle: the
+    same puzzle draws the same whichever batch it is in, wherever in the input, whichever worker
+    solves it (the same puzzle twice in a file solves the same twice)."""
+    return RowGenerators(torch.Generator().manual_seed(puzzle_seed(seed, p)) for p in puzzles.tolist())
 
 
 @contextmanager
@@ -108,12 +117,12 @@ def solve(model, puzzles: torch.Tensor, *, nfe: int = 10, strategy: str = "top-m
 
     def solve_batch(index: int) -> None:  # writes only its own rows of the results
         lo = index * batch_size
-        gen = batch_generator(seed, index, device)
         p = puzzles[lo: lo + batch_size]
+        gen = puzzle_generators(p, seed)
         todo = torch.arange(p.shape[0])
         for attempt in range(restarts + 1):
             x = generate(model, to_tokens(p[todo]).to(device), nfe=nfe, strategy=strategy, temperature=temperature,
-                         z_policy=z_policy, schedule=sched, generator=gen,
+                         z_policy=z_policy, schedule=sched, generator=gen.subset(todo),
                          order_noise=RESTART_ORDER_NOISE if attempt else 0.0)
             out = to_digits(x).cpu()
             ok = solved_mask(out, p[todo])
@@ -143,7 +152,8 @@ def solve(model, puzzles: torch.Tensor, *, nfe: int = 10, strategy: str = "top-m
 @dataclass
 class Trace:
     """One puzzle solved step by step, for a UI: ``frames[k]`` is the grid after step k
-    (``frames[0]`` the puzzle), ``filled_at[i]`` the step that filled cell i (0 for a given)."""
+    (``frames[0]`` the puzzle; a step that filled nothing repeats the grid before it, without a
+    denoiser call), ``filled_at[i]`` the step that filled cell i (0 for a given)."""
 
     frames: list[list[int]]
     filled_at: list[int]
@@ -157,18 +167,20 @@ class Trace:
 @torch.no_grad()
 def trace(model, puzzle, *, nfe: int, strategy: str = "top-margin", seed: int = 0, z_policy: str = "once",
           schedule: str = "linear", device="cpu") -> Trace:
-    """Solve one puzzle (81 digits, 0 blank) and keep every intermediate grid. The seed fixes
-    the latent draws of a VMD: a new seed is a new z."""
-    gen = torch.Generator(device=device).manual_seed(seed)
+    """Solve one puzzle (81 digits, 0 blank) and keep every intermediate grid: the first attempt of
+    ``solve`` with this seed, temperature 0 (the same draws). The seed fixes the latent draws of a
+    VMD: a new seed is a new z."""
     p = torch.tensor([list(puzzle)])
     frames = [list(puzzle)]
     filled_at = [0 if v else -1 for v in puzzle]
 
     def keep(step: Step) -> None:
+        frames.extend([frames[-1]] * (step.index - len(frames)))  # the steps skipped since the last
         frames.append(to_digits(step.x[0]).tolist())
         for i in step.revealed[0].nonzero().flatten().tolist():
             filled_at[i] = step.index
 
     generate(model, to_tokens(p).to(device), nfe=nfe, strategy=strategy, temperature=0.0, z_policy=z_policy,
-             schedule=make_schedule(schedule), generator=gen, callback=keep)
+             schedule=make_schedule(schedule), generator=puzzle_generators(p, seed), callback=keep)
+    frames.extend([frames[-1]] * (nfe + 1 - len(frames)))
     return Trace(frames, filled_at, model.has_latent)
