@@ -60,6 +60,13 @@ class ModelConfig:
     # attention logits learn a bias per head for each relation of two positions (Sudoku: same
     # row / column / box); needs a task whose positions have structure (sudoku)
     relation_bias: bool = False
+    # block diffusion (BD3-LM, method.md §3): B tokens per block, diffused inside a block and
+    # autoregressive over blocks; 0 (or the sequence length) is one block, the plain MDM; 1 is an
+    # autoregressive model. Must divide the task's length.
+    block_size: int = 0
+    # positions: learned (one vector per position; Sudoku's layout sums row, column and box) or
+    # rotary (RoPE on queries and keys, for text)
+    positions: Literal["learned", "rotary"] = "learned"
 
 
 @dataclass
@@ -100,6 +107,9 @@ class DiffusionConfig:
     # which puts the training signal on heavily masked sequences. The reported nelbo is the bound
     # either way.
     weighting: Literal["elbo", "flat"] = "elbo"
+    # block diffusion's variance reduction (BD3-LM): training draws each block's masking rate from
+    # [clip[0], clip[1]] instead of [t_min, 1); evaluation always uses the full range (the NELBO)
+    clip: list[float] = field(default_factory=lambda: [0.0, 1.0])
 
 
 @dataclass
@@ -119,6 +129,11 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 50
     checkpoint_every: int = 500
+    # validation: every `eval_every` steps (a multiple of log_every; 0: never), the NELBO in bits
+    # per token of the first `eval_sequences` sequences of the task's validation split (tasks that
+    # have one: text), one draw of times per sequence, seed 0, on the training (not EMA) weights
+    eval_every: int = 0
+    eval_sequences: int = 64
     # start from a trained model (a run directory, a model.safetensors or a bundled name such as
     # sudoku-mdm) instead of random weights; an MDM into a VMD starts the VMD as exactly that MDM
     # (vmd/model/adapt.py). freeze_denoiser: then train only the z path, the encoder and the prior
@@ -173,11 +188,14 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "latent.components": _POSITIVE, "latent.groups": _POSITIVE, "latent.prior_dim": _POSITIVE, "latent.prior_layers": _NON_NEGATIVE,
     "latent.beta": _NON_NEGATIVE, "latent.kl_warmup_steps": _NON_NEGATIVE, "latent.free_bits": _NON_NEGATIVE,
     "diffusion.t_min": (lambda v: 0.0 <= v < 1.0, "a time in [0, 1)"),
+    "diffusion.clip": (lambda v: len(v) == 2 and 0.0 <= v[0] < v[1] <= 1.0, "two rates [lo, hi] with 0 <= lo < hi <= 1"),
+    "model.block_size": _NON_NEGATIVE,
     "train.steps": _POSITIVE, "train.batch_size": _POSITIVE, "train.lr": _POSITIVE,
     "train.weight_decay": _NON_NEGATIVE, "train.warmup_steps": _NON_NEGATIVE,
     "train.min_lr_ratio": (lambda v: 0.0 <= v <= 1.0, "a ratio in [0, 1]"),
     "train.grad_clip": _NON_NEGATIVE, "train.ema": (lambda v: 0.0 <= v < 1.0, "a decay in [0, 1) (0 turns EMA off)"),
-    "train.log_every": _POSITIVE, "train.checkpoint_every": _POSITIVE,
+    "train.log_every": _POSITIVE, "train.checkpoint_every": _POSITIVE, "train.eval_every": _NON_NEGATIVE,
+    "train.eval_sequences": _POSITIVE,
     "sample.nfe": (lambda v: v >= 1, "an integer >= 1"), "sample.temperature": _NON_NEGATIVE,
     "sample.num_samples": _POSITIVE, "sample.batch_size": _POSITIVE,
 }
@@ -191,6 +209,10 @@ def _type_name(tp: Any) -> str:
 
 def _coerce(value: Any, tp: Any, path: str) -> Any:
     """Check one leaf value against its annotated type; int is accepted where float is."""
+    if typing.get_origin(tp) is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list such as [0.3, 0.8], got {value!r}")
+        return [_coerce(v, typing.get_args(tp)[0], f"{path}[{i}]") for i, v in enumerate(value)]
     if typing.get_origin(tp) is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
@@ -264,13 +286,17 @@ def validate(cfg: Config) -> None:
                           "task.name text only; leave it 0")
     if cfg.model.relation_bias and cfg.task.name != "sudoku":
         raise ConfigError(f"model.relation_bias needs a task with structured positions (sudoku), not {cfg.task.name!r}")
+    if cfg.train.eval_every % cfg.train.log_every:
+        raise ConfigError(f"train.eval_every ({cfg.train.eval_every}) must be a multiple of train.log_every "
+                          f"({cfg.train.log_every}): validation is reported with a log line")
     if cfg.model.dim % cfg.model.heads:
         raise ConfigError(f"model.dim ({cfg.model.dim}) must be a multiple of model.heads ({cfg.model.heads})")
     if cfg.latent.kind == "gaussian" and cfg.latent.dim % cfg.latent.groups:
         raise ConfigError(f"latent.dim ({cfg.latent.dim}) must be a multiple of latent.groups ({cfg.latent.groups})")
     if cfg.train.freeze_denoiser and not (cfg.method == "vmd" and cfg.train.init_from):
         raise ConfigError("train.freeze_denoiser keeps a trained denoiser fixed: it needs method vmd and train.init_from")
-    for part in ("encoder_dim", "prior_dim"):
+    parts = ("encoder_dim", "prior_dim") if cfg.latent.prior == "conditional" else ("encoder_dim",)
+    for part in parts if cfg.method == "vmd" else ():  # the widths of networks an MDM does not have
         if getattr(cfg.latent, part) % cfg.model.heads:
             raise ConfigError(f"latent.{part} must be a multiple of model.heads ({cfg.model.heads})")
 

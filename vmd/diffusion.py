@@ -16,6 +16,18 @@ nothing masked contributes no KL: the denoiser copies every token, so z is unuse
 
 ``diffusion.weighting: flat`` trains with w(t) = 1 in L instead (every masked token counts
 the same, whatever t); ``nelbo`` still reports the bound.
+
+Block diffusion (BD3-LM, method.md §3; ``model.block_size``) sums the same terms over blocks:
+each block b has its own time t_b (stratified over batch x blocks), its masked tokens are
+predicted from xt^b and the clean prefix x0^{<b} (one pass over xt ⊕ x0, vmd/model/blocks.py),
+and a block VMD has one latent z_b per block, its KL charged to that block:
+
+    NELBO = E [ sum_b w(t_b) * ( recon_b + |masked_b| * KL_b ) ]
+
+Training may draw t_b from the clipped range ``diffusion.clip`` (BD3-LM's variance reduction);
+``full_range=True`` (evaluation) always uses [t_min, 1), the bound. With one token per block
+(B = 1) every token is masked with weight 1: the loss is then an autoregressive model's exact
+negative log-likelihood.
 """
 
 from __future__ import annotations
@@ -31,9 +43,12 @@ from vmd.schedule import Schedule, sample_t
 
 
 def mask_tokens(x0, t, schedule: Schedule, mask_id: int, given=None, generator=None):
-    """Mask each position independently with probability 1 - alpha_t; given positions never."""
+    """Mask each position independently with probability 1 - alpha_t; given positions never. ``t``:
+    (B,) one time per sequence, or (B, blocks) one per block of consecutive positions."""
     u = torch.rand(x0.shape, generator=generator, device=x0.device)
-    masked = u < schedule.mask_prob(t)[:, None]
+    p = schedule.mask_prob(t)
+    p = p[:, None] if p.dim() == 1 else p.repeat_interleave(x0.shape[1] // p.shape[1], dim=1)
+    masked = u < p
     if given is not None:
         masked &= ~given
     return torch.where(masked, torch.full_like(x0, mask_id), x0), masked
@@ -56,6 +71,7 @@ class Loss:
     latent_kl: torch.Tensor  # E[KL(q || p)], unweighted, per sequence
     nelbo: torch.Tensor  # E[w(t) * (recon + |masked| * KL)], per sequence: a valid upper bound on -log p(x0)
     bits_per_token: torch.Tensor
+    per_sequence: torch.Tensor | None = None  # the NELBO of each sequence (nats), for evaluation
 
     def stacked(self) -> torch.Tensor:
         """The ``METRICS`` as one detached tensor on the loss's device (no wait for the device)."""
@@ -63,39 +79,57 @@ class Loss:
 
 
 def latent_terms(model, x0, xt, masked, generator=None):
-    """z ~ q(z | x0, xt) (differentiably), the posterior's mean, and KL(q || prior) per dimension
-    or group; zero for rows with nothing masked."""
+    """z ~ q(z | x0, xt) (differentiably; batch x blocks rows for a block VMD), the posterior's
+    mean, and KL(q || prior) per block and dimension or group, (B, blocks, k); zero for blocks
+    with nothing masked."""
+    b = x0.shape[0]
     q = model.encode(x0, masked)
-    return q.rsample(generator), q.mean, model.prior(xt).kl(q).float() * masked.any(1, keepdim=True)
+    active = masked.view(b, model.blocks, -1).any(-1, keepdim=True)
+    per = model.prior(xt, x0).kl(q).float().view(b, model.blocks, -1) * active
+    return q.rsample(generator), q.mean, per
+
+
+def block_times(b: int, model, diff: DiffusionConfig, generator=None, device=None, full_range: bool = False):
+    """(B, blocks) a time per block: stratified over batch x blocks, from ``diff.clip`` in training
+    or the full [t_min, 1) with ``full_range``; all 1 with one token per block (exact AR NLL)."""
+    if model.block_size == 1:
+        return torch.ones(b, model.blocks, device=device)
+    lo, hi = (diff.t_min, 1.0) if full_range else (max(diff.clip[0], diff.t_min), diff.clip[1])
+    t = sample_t(b * model.blocks, antithetic=diff.antithetic, t_min=lo, t_max=hi, generator=generator, device=device)
+    return t.view(b, model.blocks)
 
 
 def diffusion_loss(model, x0, schedule: Schedule, diff: DiffusionConfig, latent: LatentConfig,
-                   step: int = 0, given=None, generator=None) -> Loss:
+                   step: int = 0, given=None, generator=None, full_range: bool = False) -> Loss:
     b, n = x0.shape
-    t = sample_t(b, antithetic=diff.antithetic, t_min=diff.t_min, generator=generator, device=x0.device)
+    nb = model.blocks
+    t = block_times(b, model, diff, generator, x0.device, full_range)  # (B, blocks)
     xt, masked = mask_tokens(x0, t, schedule, model.mask_id, given, generator)
-    w = schedule.weight(t)
+    w = schedule.weight(t) if model.block_size > 1 else torch.ones_like(t)
     w_train = w if diff.weighting == "elbo" else torch.ones_like(w)
 
-    z, kl, kl_used = None, x0.new_zeros(b, dtype=torch.float32), x0.new_zeros(b, dtype=torch.float32)
+    z, kl, kl_used = None, w.new_zeros(b, nb), w.new_zeros(b, nb)
     if model.has_latent:
         z, _, per = latent_terms(model, x0, xt, masked, generator)
-        kl = per.sum(1)
+        kl = per.sum(-1)
         if latent.free_bits > 0:  # per dimension, or per group of dimensions for a mixture prior
-            floor = latent.free_bits * model.latent_dim / per.shape[1]
-            per = per.clamp(min=floor) * masked.any(1, keepdim=True)
-        kl_used = per.sum(1)
+            floor = latent.free_bits * model.latent_dim / per.shape[-1]
+            per = per.clamp(min=floor) * masked.view(b, nb, -1).any(-1, keepdim=True)
+        kl_used = per.sum(-1)
 
-    logits = model(xt, z).float()
-    nll = (F.cross_entropy(logits.transpose(1, 2), x0, reduction="none") * masked).sum(1)  # per sequence
-    recon = w * nll
+    logits = model(xt, z, x0).float()
+    ce = F.cross_entropy(logits.transpose(1, 2), x0, reduction="none") * masked
+    nll = ce.view(b, nb, -1).sum(-1)  # per block
+    recon = (w * nll).sum(1)
     beta = kl_weight(latent, step)
-    nelbo = recon + w * masked.sum(1) * kl  # a valid bound charges the KL once per revealed token
+    # a valid bound charges the KL once per revealed token
+    nelbo = recon + (w * masked.view(b, nb, -1).sum(-1) * kl).sum(1)
     tokens = n if given is None else (~given).sum(1).clamp(min=1)
     return Loss(
-        loss=(w_train * (nll + beta * kl_used)).mean(),
+        loss=(w_train * (nll + beta * kl_used)).sum(1).mean(),
         recon=recon.mean().detach(),
-        latent_kl=kl.mean().detach(),
+        latent_kl=kl.sum(1).mean().detach(),
         nelbo=nelbo.mean().detach(),
         bits_per_token=(nelbo / (tokens * math.log(2))).mean().detach(),
+        per_sequence=nelbo.detach(),
     )

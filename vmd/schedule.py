@@ -47,11 +47,12 @@ def make_schedule(name: str) -> Schedule:
     return {"linear": LinearSchedule, "cosine": CosineSchedule}[name]()
 
 
-def sample_t(n: int, *, antithetic: bool, t_min: float = 1e-3, generator=None, device=None) -> torch.Tensor:
-    """Times in [t_min, 1). Antithetic: one uniform offset, then n evenly spaced strata."""
+def sample_t(n: int, *, antithetic: bool, t_min: float = 1e-3, generator=None, device=None,
+             t_max: float = 1.0) -> torch.Tensor:
+    """Times in [t_min, t_max). Antithetic: one uniform offset, then n evenly spaced strata."""
     if antithetic:
         u = torch.rand(1, generator=generator, device=device)
         t = (u + torch.arange(n, device=device) / n) % 1.0
     else:
         t = torch.rand(n, generator=generator, device=device)
-    return t_min + (1.0 - t_min) * t
+    return t_min + (t_max - t_min) * t

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vmd.model.blocks import causal_mask, training_mask
+from vmd.model.blocks import positions as block_positions
 from vmd.model.transformer import Trunk
 from vmd.sampling import gumbel_noise, multinomial, randn
 
@@ -151,17 +153,27 @@ class Encoder(nn.Module):
     G categorical variables."""
 
     def __init__(self, vocab: int, length: int, latent_dim: int, dim: int, layers: int, heads: int,
-                 classes: tuple[int, int] | None = None, layout=None, relation_bias: bool = False):
+                 classes: tuple[int, int] | None = None, layout=None, relation_bias: bool = False,
+                 block_size: int = 0, rotary: bool = False):
         super().__init__()
         self.classes = classes
-        self.trunk = Trunk(vocab, length, dim, layers, heads, flags=2, layout=layout, relation_bias=relation_bias)
+        self.block_size = block_size if 0 < block_size < length else 0
+        if self.block_size:  # q(z_b | x0^b, xt^b, x0^{<b}): the clean sequence read block-causally
+            self.register_buffer("mask", causal_mask(length, block_size), persistent=False)
+        self.trunk = Trunk(vocab, length, dim, layers, heads, flags=2, layout=layout, relation_bias=relation_bias,
+                           rotary=rotary)
         self.pool = Pool(dim)
         self.out = nn.Linear(dim, classes[0] * classes[1] if classes else 2 * latent_dim)
         nn.init.zeros_(self.out.bias)
         self.out.weight.data.mul_(0.1)
 
     def forward(self, x0, masked):
-        h = self.out(self.pool(self.trunk.pooled(x0, flags=masked)))
+        """The posterior per sequence, or with blocks per block: batch x blocks rows, in that order."""
+        if self.block_size:
+            h = self.trunk(x0, flags=masked, mask=self.mask)
+            h = self.out(self.pool(h.view(-1, self.block_size, h.shape[-1]).mean(1)))
+        else:
+            h = self.out(self.pool(self.trunk.pooled(x0, flags=masked)))
         if self.classes:
             return Categorical(h.view(-1, *self.classes))
         mu, logvar = h.chunk(2, dim=-1)
@@ -176,11 +188,17 @@ class ConditionalPrior(nn.Module):
 
     def __init__(self, tokens: int, length: int, latent_dim: int, components: int, groups: int,
                  dim: int, layers: int, heads: int, categorical: bool = False, layout=None,
-                 relation_bias: bool = False):
+                 relation_bias: bool = False, block_size: int = 0, rotary: bool = False):
         super().__init__()
         self.g, self.k = groups, components
         self.dg = 0 if categorical else latent_dim // groups  # categorical: class logits only
-        self.trunk = Trunk(tokens, length, dim, layers, heads, layout=layout, relation_bias=relation_bias)
+        self.length = length
+        self.block_size = block_size if 0 < block_size < length else 0
+        if self.block_size:  # p(z_b | xt^b, x0^{<b}): the denoiser's view of xt ⊕ x0
+            self.register_buffer("mask", training_mask(length, block_size), persistent=False)
+            self.register_buffer("pos", block_positions(length), persistent=False)
+        self.trunk = Trunk(tokens, length, dim, layers, heads, layout=layout, relation_bias=relation_bias,
+                           rotary=rotary)
         self.pool = Pool(dim)
         self.out = nn.Linear(dim, groups * components * (1 + 2 * self.dg))
         self.out.weight.data.mul_(0.01)
@@ -189,8 +207,14 @@ class ConditionalPrior(nn.Module):
             n = groups * components
             self.out.bias.data[n: n * (1 + self.dg)].copy_(torch.randn(n * self.dg))
 
-    def forward(self, xt) -> Mixture | Categorical:
-        h = self.out(self.pool(self.trunk.pooled(xt)))
+    def forward(self, xt, x0=None) -> Mixture | Categorical:
+        """Per sequence, or with blocks per block (batch x blocks rows; ``x0``: the clean sequence,
+        of which each block sees only the blocks before it)."""
+        if self.block_size:
+            h = self.trunk(torch.cat([xt, x0], dim=1), mask=self.mask, pos=self.pos)[:, :self.length]
+            h = self.out(self.pool(h.reshape(-1, self.block_size, h.shape[-1]).mean(1)))
+        else:
+            h = self.out(self.pool(self.trunk.pooled(xt)))
         b, g, k, dg = h.shape[0], self.g, self.k, self.dg
         if not dg:
             return Categorical(h.view(b, g, k))

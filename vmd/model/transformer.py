@@ -78,6 +78,22 @@ def fused_linear_applies(h: torch.Tensor) -> bool:
     return _probe_fused_linear()
 
 
+def rotary_tables(pos: torch.Tensor, head_dim: int, base: float = 10000.0):
+    """(cos, sin), each (N, head_dim), of rotary position embeddings (RoPE) at positions ``pos``:
+    dimension pairs (i, i + head_dim / 2) turn by pos * base^(-2i / head_dim)."""
+    inv = base ** (-torch.arange(0, head_dim, 2, device=pos.device, dtype=torch.float32) / head_dim)
+    angles = pos.float()[:, None] * inv[None, :]
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE on (..., N, head_dim) queries or keys."""
+    half = x.shape[-1] // 2
+    turned = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x * cos + turned * sin).to(x.dtype)
+
+
 class Block(nn.Module):
     def __init__(self, dim: int, heads: int, mlp_ratio: int, dropout: float, modulated: bool = False):
         super().__init__()
@@ -99,19 +115,24 @@ class Block(nn.Module):
             self.register_buffer("_unit", torch.ones(dim), persistent=False)
             self.register_buffer("_zero", torch.zeros(dim), persistent=False)
 
-    def attention(self, h: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def attention(self, h: torch.Tensor, bias: torch.Tensor | None, rope=None) -> torch.Tensor:
+        """``bias``: a float (heads, L, L) added to the logits, or a bool (L, L) mask (True: may
+        attend); ``rope``: (cos, sin) of the positions, rotating queries and keys."""
         b, n, d = h.shape
         qkv = self.linear(self.qkv, h)
         p = self.dropout if self.training else 0.0
-        if bias is not None:  # under autocast the projection may be in half precision; the mask must match it
+        if bias is not None and bias.is_floating_point():  # under autocast the projection may be in half precision
             bias = bias.to(qkv.dtype)
-        if bias is not None and bias.requires_grad and qkv.device.type == "cpu":
+        if bias is not None and bias.requires_grad and qkv.device.type == "cpu" and rope is None:
             out = _biased_attention(qkv, self.heads, bias, p)
         else:
             # a bias as (1, heads, L, L): SDPA's fused CPU kernel takes a 4-D float mask (a 3-D one sends
             # it to the generic path); a Sudoku solve's attention is 1.4x faster than the per-head products
             q, k, v = qkv.view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if bias is None else bias[None], dropout_p=p)
+            if rope is not None:
+                q, k = rotate(q, *rope), rotate(k, *rope)
+            mask = None if bias is None else bias[None] if bias.dim() == 3 else bias
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
             out = out.transpose(1, 2).reshape(b, n, d)
         return self.linear(self.proj, out)
 
@@ -133,16 +154,27 @@ class Block(nn.Module):
         """``self.mlp(h)``, layer by layer through ``linear`` (its GELU is exact, as ``mlp[1]``)."""
         return self.linear(self.mlp[2], self.linear(self.mlp[0], h, "gelu"))
 
-    def forward(self, x, mod=None, bias=None):
-        """``mod``: (B, 6 * dim) shift, scale and gate for both sub-layers, or None; ``bias``:
-        (heads, L, L) added to the attention logits, or None."""
+    def forward(self, x, mod=None, bias=None, rope=None):
+        """``mod``: (B, 6 * dim) shift, scale and gate for both sub-layers, or (B, G, 6 * dim) one
+        per group of consecutive positions (a block's latent, block diffusion), or None; ``bias``
+        and ``rope`` as ``attention`` takes them."""
         if mod is None:
-            x = x + self.attention(self.norm1(x), bias)
+            x = x + self.attention(self.norm1(x), bias, rope)
             return x + self.feed_forward(self.norm2(x))
+        b, n, d = x.shape
+        if mod.dim() == 2:
+            mod = mod[:, None, :]
+        g = mod.shape[1]
+
+        def grouped(t):  # (B, N, d) as (B, G, N / G, d), against the groups' (B, G, 1, d) modulations
+            return t.view(b, g, n // g, d)
+
         # one fused multiply-add per modulation: addcmul(a, b, c) = a + b * c
-        shift1, scale1, gate1, shift2, scale2, gate2 = (mod[:, None, :] + self._one).chunk(6, dim=-1)
-        x = torch.addcmul(x, gate1, self.attention(torch.addcmul(shift1, self._normed(self.norm1, x), scale1), bias))
-        return torch.addcmul(x, gate2, self.feed_forward(torch.addcmul(shift2, self._normed(self.norm2, x), scale2)))
+        shift1, scale1, gate1, shift2, scale2, gate2 = (mod[:, :, None, :] + self._one).chunk(6, dim=-1)
+        h = torch.addcmul(shift1, grouped(self._normed(self.norm1, x)), scale1).view(b, n, d)
+        x = torch.addcmul(grouped(x), gate1, grouped(self.attention(h, bias, rope))).view(b, n, d)
+        h = torch.addcmul(shift2, grouped(self._normed(self.norm2, x)), scale2).view(b, n, d)
+        return torch.addcmul(grouped(x), gate2, grouped(self.feed_forward(h))).view(b, n, d)
 
     def _normed(self, norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
         """A modulated block's norm (no affine of its own) with the unit weight and zero bias."""
@@ -154,8 +186,10 @@ class Trunk(nn.Module):
 
     def __init__(self, tokens: int, length: int, dim: int, layers: int, heads: int,
                  mlp_ratio: int = 4, dropout: float = 0.0, cond_dim: int = 0, flags: int = 0,
-                 layout: torch.Tensor | None = None, relation_bias: bool = False, cond_mlp: bool = True):
+                 layout: torch.Tensor | None = None, relation_bias: bool = False, cond_mlp: bool = True,
+                 rotary: bool = False):
         super().__init__()
+        self.head_dim = dim // heads
         self.tok = nn.Embedding(tokens, dim)
         # tokens and positions start at the same small scale (GPT-2's 0.02): with torch's N(0, 1)
         # token init, the positions are 2% of the first block's input and structure (a Sudoku
@@ -163,7 +197,9 @@ class Trunk(nn.Module):
         nn.init.normal_(self.tok.weight, std=0.02)
         # positions: one learned vector each, or with a ``layout`` (length, F) of ids the sum of F
         # learned vectors (a Sudoku cell = its row + its column + its box)
-        self.pos = nn.Parameter(torch.randn(length, dim) * 0.02) if layout is None else None
+        # (or with ``rotary`` none here: RoPE turns each attention's queries and keys instead)
+        self.rotary = rotary
+        self.pos = nn.Parameter(torch.randn(length, dim) * 0.02) if layout is None and not rotary else None
         self.layout_emb = None
         if layout is not None:
             self.register_buffer("layout", layout.long(), persistent=False)
@@ -187,20 +223,36 @@ class Trunk(nn.Module):
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, dropout, modulated=bool(cond_dim)) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
 
-    def positions(self, length: int) -> torch.Tensor:
-        return self.pos[:length] if self.layout_emb is None else self.layout_emb(self.layout).sum(1)
+    def positions(self, length: int, pos: torch.Tensor | None = None) -> torch.Tensor:
+        """The learned position vectors of positions 0..length-1, or of ``pos``."""
+        table = self.pos if self.layout_emb is None else self.layout_emb(self.layout).sum(1)
+        return table[:length] if pos is None else table[pos]
 
-    def forward(self, ids, cond=None, flags=None):
-        h = self.tok(ids) + self.positions(ids.shape[1])
+    def forward(self, ids, cond=None, flags=None, mask=None, pos=None, plain_groups: int = 0):
+        """``cond``: (B, cond_dim), or (B, G, cond_dim) one per group of consecutive positions, then
+        ``plain_groups`` more groups that get no modulation at all; ``mask``: a bool (N, N) attention
+        mask (True: may attend); ``pos``: (N,) each token's position (default 0..N-1)."""
+        n_tok = ids.shape[1]
+        h = self.tok(ids)
+        rope = None
+        if self.rotary:
+            rope = rotary_tables(torch.arange(n_tok, device=ids.device) if pos is None else pos, self.head_dim)
+        else:
+            h = h + self.positions(n_tok, pos)
         if self.flag is not None:
             h = h + self.flag(flags.long())
         n = len(self.blocks)
-        mods = self.cond(cond).chunk(n, dim=-1) if self.cond is not None else [None] * n
-        biases = [None] * n
+        mods = [None] * n
+        if self.cond is not None:
+            out = self.cond(cond)
+            if plain_groups:  # zero modulation is the identity (shift 0, scale and gate 1)
+                out = torch.cat([out, out.new_zeros(out.shape[0], plain_groups, out.shape[-1])], dim=1)
+            mods = out.chunk(n, dim=-1)
+        biases = [mask] * n
         if self.relation_logits is not None:  # (layers, heads, R)[relation] -> per block (heads, L, L)
             biases = self.relation_logits[:, :, self.relation].unbind(0)
         for block, mod, bias in zip(self.blocks, mods, biases):
-            h = block(h, mod, bias)
+            h = block(h, mod, bias, rope)
         return self.norm(h)
 
     def pooled(self, ids, flags=None):
@@ -210,7 +262,7 @@ class Trunk(nn.Module):
         every output is a row of a small table (length x tokens x flags): the final norm runs on
         that table, not on batch x length rows, and the mean is each sequence's row counts times
         the table (the synthetic VMDs' encoder and prior; same values, 0.5-1 ms of a 16 ms step)."""
-        if len(self.blocks):
+        if len(self.blocks) or self.rotary:  # (rotary positions live in attention: without blocks, none)
             return self.forward(ids, flags=flags).mean(1)
         b, n = ids.shape
         v, d = self.tok.weight.shape
