@@ -82,11 +82,12 @@ def _saved_run_id(run_dir: Path) -> str | None:
 
 def save(run_dir: Path, cfg: C.Config, step: int, model_state: dict, ema_state: dict | None,
          optimizer, scaler_state: dict | None, rng: dict[str, torch.Tensor], meta: dict,
-         run_id: str | None = None) -> None:
+         run_id: str | None = None, task_state: dict[str, str] | None = None) -> None:
     """Write the training state, then the inference weights, then the metadata. Stopped between
     two files, the later ones stay one checkpoint behind: loading accepts that, not the reverse.
     ``run_id``: the run's (``new_run_id``); by default ``meta["run_id"]``, else the one of the
-    train_state.safetensors in ``run_dir``, else a new one."""
+    train_state.safetensors in ``run_dir``, else a new one. ``task_state``: what the task learned
+    from its data (``task.state()``, e.g. a text vocabulary), stored in both weight files."""
     run_dir = Path(run_dir)
     run_id = run_id or meta.get("run_id") or _saved_run_id(run_dir) or new_run_id()
     cfg_yaml = C.to_yaml(cfg)
@@ -97,13 +98,13 @@ def save(run_dir: Path, cfg: C.Config, step: int, model_state: dict, ema_state: 
     for idx, st in opt["state"].items():
         tensors.update(_tensors(f"opt.{idx}.", {k: torch.as_tensor(v) for k, v in st.items()}))
     tensors.update(_tensors("rng.", rng))
-    header = {"format": FORMAT, "step": str(step), "config": cfg_yaml, "run_id": run_id,
-              "param_groups": json.dumps(opt["param_groups"]), "scaler": json.dumps(scaler_state)}
+    ident = {"format": FORMAT, "step": str(step), "config": cfg_yaml, "run_id": run_id,
+             "task_state": json.dumps(task_state or {})}
+    header = {**ident, "param_groups": json.dumps(opt["param_groups"]), "scaler": json.dumps(scaler_state)}
     _write(run_dir / STATE_FILE, st_save(tensors, metadata=header))
 
     weights = ema_state if ema_state is not None else model_state
-    model_header = {"format": FORMAT, "step": str(step), "config": cfg_yaml, "run_id": run_id}
-    _write(run_dir / MODEL_FILE, st_save(_tensors("", weights), metadata=model_header))
+    _write(run_dir / MODEL_FILE, st_save(_tensors("", weights), metadata=ident))
     _write(run_dir / CONFIG_FILE, cfg_yaml.encode())
     full = {"step": step, "method": cfg.method, "task": C.to_dict(cfg.task), "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "versions": versions(), **meta, "run_id": run_id}
@@ -119,6 +120,7 @@ class _Header:
     cfg: C.Config
     step: int
     run_id: str | None  # None in runs saved before run ids
+    task_state: dict[str, str]  # {} in runs of tasks that learn nothing from their data, and older runs
 
 
 def _regular_or_absent(path: Path) -> None:
@@ -148,7 +150,13 @@ def _header(path: Path) -> _Header:
         cfg = C.load_yaml_text(meta["config"])
     except ConfigError as e:
         raise CheckpointError(f"{path}: its saved config is invalid: {e}") from e
-    return _Header(path, meta, shapes, cfg, int(meta["step"]), run_id)
+    try:
+        task_state = json.loads(meta.get("task_state", "{}"))
+        if not isinstance(task_state, dict) or not all(isinstance(v, str) for v in task_state.values()):
+            raise ValueError
+    except ValueError:
+        raise CheckpointError(f"{path}: its task_state is not a JSON object of strings") from None
+    return _Header(path, meta, shapes, cfg, int(meta["step"]), run_id, task_state)
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -214,7 +222,7 @@ def _build(head: _Header, shapes: dict[str, tuple], prefix: str = ""):
     try:
         try:
             with _Budget(_TASK_BUDGET, 10 ** 6):
-                task = make_task(head.cfg.task)
+                task = make_task(head.cfg.task, head.task_state or None)
         except _TooBig:
             raise CheckpointError(f"{head.path}: its saved config describes a task whose tables exceed "
                                   f"{_TASK_BUDGET:,} entries; refusing to build it") from None
@@ -342,9 +350,15 @@ def _open_model(source: Path):
 def load_model(run_dir: Path, device="cpu"):
     """The inference model of a run directory, or of a lone model.safetensors file (a bundled
     model): (model in eval mode, config, step)."""
-    head, _, model, tensors = _open_model(run_dir)
+    return load_run(run_dir, device)[:3]
+
+
+def load_run(run_dir: Path, device="cpu"):
+    """``load_model``'s (model, config, step) and the run's task, rebuilt from its stored state
+    (a text run's vocabulary or tokenizer), so that it needs no data to format or sample."""
+    head, task, model, tensors = _open_model(run_dir)
     load_weights(model, tensors, head.path)
-    return model.to(device).eval(), head.cfg, head.step
+    return model.to(device).eval(), head.cfg, head.step, task
 
 
 def export_model(src: Path, dst: Path, half: bool = False) -> None:
@@ -463,6 +477,7 @@ def load_train_state(run_dir: Path) -> dict:
         "config": head.cfg,
         "step": head.step,
         "run_id": head.run_id,
+        "task_state": head.task_state,
         "model": _part(tensors, "model."),
         "ema": _part(tensors, "ema.") or None,
         "optimizer": {"state": opt_state, "param_groups": param_groups},

@@ -19,6 +19,7 @@ from vmd.atomic import clean_stale_temps
 from vmd.config import Config
 from vmd.diffusion import METRICS, diffusion_loss, kl_weight
 from vmd.errors import CheckpointError, ConfigError, TrainingDiverged
+from vmd.evaluate import likelihood
 from vmd.model import adapt, build_model, count_parameters
 from vmd.models import resolve as resolve_model
 from vmd.runlock import RunLock, ensure_run_dir
@@ -66,6 +67,7 @@ class Progress:
     beta: float
     steps_per_s: float
     elapsed_s: float
+    valid: dict[str, float] = field(default_factory=dict)  # validation metrics, where computed at this step
 
 
 class TrainingInterrupted(Exception):
@@ -118,13 +120,14 @@ class Trainer:
     last_metrics: dict = field(default_factory=dict)
     saved_step: int | None = None  # the step of the newest checkpoint on disk, None before the first
     lock: RunLock | None = None  # held from create / resume until the run ends (``close``)
+    task_state: dict | None = None  # a resumed run's stored task state (vmd.tasks.make_task)
 
     def __post_init__(self):
         cfg = self.cfg
         self.run_dir = Path(self.run_dir)
         self.device = resolve_device(cfg.device.device)
         torch.manual_seed(cfg.train.seed)
-        self.task = make_task(cfg.task)
+        self.task = make_task(cfg.task, self.task_state)
         self.model = build_model(cfg, self.task.vocab, self.task.length, self.task.layout).to(self.device)
         self.parameters = count_parameters(self.model)
         self.schedule = make_schedule(cfg.diffusion.schedule)
@@ -142,6 +145,7 @@ class Trainer:
         self.data_gen = torch.Generator().manual_seed(cfg.train.seed)
         self.noise_gen = torch.Generator(device=self.device).manual_seed(cfg.train.seed + 1)
         self._window, self._window_steps = None, 0  # the metrics summed on the device since the last log
+        self._valid = None  # the validation sequences, read on first use
 
     @classmethod
     def create(cls, cfg: Config, run_dir: Path, callback=None) -> "Trainer":
@@ -195,7 +199,7 @@ class Trainer:
         state = checkpoint.load_train_state(run_dir)
         meta = checkpoint.read_meta(run_dir)
         cfg = overrides(state["config"]) if overrides else state["config"]
-        trainer = cls(cfg, run_dir, callback, lock=lock)
+        trainer = cls(cfg, run_dir, callback, lock=lock, task_state=state["task_state"] or None)
         checkpoint.load_into(trainer.model, state["model"], run_dir)
         if trainer.ema is not None:
             saved = state["ema"] or trainer.model.state_dict()
@@ -236,7 +240,8 @@ class Trainer:
                 "train_metrics": self.last_metrics, "device": str(self.device), "window": window}
         checkpoint.save(self.run_dir, self.cfg, self.step, self.model.state_dict(), self.ema, self.opt,
                         self.scaler.state_dict() if self.scaler.is_enabled() else None,
-                        {"data": self.data_gen.get_state(), "noise": self.noise_gen.get_state()}, meta)
+                        {"data": self.data_gen.get_state(), "noise": self.noise_gen.get_state()}, meta,
+                        task_state=self.task.state())
         self.saved_step = self.step
 
     def close(self) -> None:
@@ -285,14 +290,34 @@ class Trainer:
                                f"{kept}; {advice}")
 
     def _log(self, rate: float) -> None:
-        """Close the metrics window: ``last_metrics``, a line of metrics.jsonl, the callback."""
+        """Close the metrics window: ``last_metrics``, validation where due, a line of metrics.jsonl,
+        the callback."""
+        tc = self.cfg.train
         self.last_metrics = dict(zip(METRICS, (self._window / self._window_steps).tolist()))
         lr, beta = self.opt.param_groups[0]["lr"], kl_weight(self.cfg.latent, self.step)
+        valid = self.validate() if tc.eval_every and self.step % tc.eval_every == 0 else {}
         history.append(self.run_dir, {"step": self.step, "steps": self._window_steps, **self.last_metrics, "lr": lr,
-                                      "beta": beta, "steps_per_s": round(rate, 3), "elapsed_s": round(self.elapsed, 2)})
+                                      "beta": beta, "steps_per_s": round(rate, 3), "elapsed_s": round(self.elapsed, 2),
+                                      **valid})
         self._window, self._window_steps = None, 0
         if self.callback:
-            self.callback(Progress(self.step, self.cfg.train.steps, self.last_metrics, lr, beta, rate, self.elapsed))
+            self.callback(Progress(self.step, tc.steps, self.last_metrics, lr, beta, rate, self.elapsed, valid))
+
+    def validate(self) -> dict[str, float]:
+        """``valid_bpt``: the NELBO in bits per token of the task's validation sequences (tasks that
+        have a validation split), seeded apart from training's draws, so a run resumes the same."""
+        if not hasattr(self.task, "eval_sequences"):
+            return {}
+        if self._valid is None:
+            self._valid = self.task.eval_sequences("valid", self.cfg.train.eval_sequences)
+        self.model.eval()
+        try:
+            with autocast(self.device, self.cfg.device.precision):
+                r = likelihood(self.model, self._valid, self.cfg, draws=1, seed=0,
+                               batch_size=self.cfg.train.batch_size, device=self.device)
+        finally:
+            self.model.train()
+        return {"valid_bpt": r["bits"]}
 
     def run(self) -> dict[str, float]:
         """Train to ``train.steps``. SIGINT (Ctrl-C) or SIGTERM ends the current step, saves a

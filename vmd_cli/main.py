@@ -163,23 +163,24 @@ def task_label(cfg: C.Config) -> str:
 MODEL_HELP = f"The model: {NAMES_HELP}."
 
 
-def load_any(source: str, device: Optional[str]):
+def load_any(source: str, device: Optional[str], with_task: bool = False):
     """A model by any name a command takes (``vmd.models.resolve``): (model on its device, config,
-    step, device)."""
-    from vmd.checkpoint import load_model
+    step, device), and with ``with_task`` the run's task (rebuilt from what the run stored)."""
+    from vmd.checkpoint import load_run
     from vmd.models import resolve
     from vmd.train import resolve_device
 
-    model, cfg, step = load_model(resolve(source), "cpu")
+    model, cfg, step, task = load_run(resolve(source), "cpu")
     dev = resolve_device(device or cfg.device.device)
-    return model.to(dev), cfg, step, dev
+    return (model.to(dev), cfg, step, dev) + ((task,) if with_task else ())
 
 
 @app.command("eval", epilog="Examples:\n\n"
              "  vmd eval runs/synthetic-2tok-vmd --nfe 1\n\n"
              "  vmd eval runs/synthetic-d1-mdm --nfe 4 --json\n\n"
              "  vmd eval runs/sudoku-vmd-tiny --givens 22-26 --samples 200\n\n"
-             "  vmd eval runs/sudoku-vmd-tiny --data puzzles.csv --nfe 2,5,10 --strategy top-margin --json")
+             "  vmd eval runs/sudoku-vmd-tiny --data puzzles.csv --nfe 2,5,10 --strategy top-margin --json\n\n"
+             "  vmd eval runs/shakespeare-block4 --split test --max-sequences 200 --json")
 @friendly
 def eval_cmd(
     run_dir: str = typer.Argument(..., metavar="MODEL", help=MODEL_HELP),
@@ -195,17 +196,27 @@ def eval_cmd(
     temperature: Optional[float] = typer.Option(None, help="Sampling temperature; 0 is argmax."),
     z_policy: Optional[str] = typer.Option(None, "--z-policy", help="VMD latent: once (drawn at the start), step (redrawn every step) or posterior (from the encoder given the last predictions)."),
     samples: Optional[int] = typer.Option(None, help="How many samples to score \\[default: the run's, 50000]."),
-    seed: Optional[int] = typer.Option(None, help="Sampling seed."),
+    seed: Optional[int] = typer.Option(None, help="Sampling seed (text: the seed of the times and masks)."),
+    split: str = typer.Option("test", help="Text: the split to score, valid or test."),
+    max_sequences: Optional[int] = typer.Option(None, "--max-sequences", help="Text: score only the first N "
+                                                "sequences of the split (bounds the time) \\[default: all]."),
+    draws: int = typer.Option(4, help="Text: draws of the times and masks per sequence."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Text: sequences per batch."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or mps \\[default: the run's]."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
 ):
-    """Score a trained model: the task's metrics over many samples, and the latent's KL and active dimensions."""
+    """Score a trained model: the task's metrics over many samples, and the latent's KL and active
+    dimensions; for text, the test split's bits per character (NELBO) and its standard error."""
     from vmd.evaluate import evaluate
-    from vmd.tasks import make_task
 
     if device is not None:
         C.from_dict({"device": {"device": device}})
-    model, cfg, step, dev = load_any(run_dir, device)
+    model, cfg, step, dev, task = load_any(run_dir, device, with_task=True)
+    if hasattr(task, "eval_sequences"):
+        from vmd_cli.likelihood import eval_likelihood
+
+        return eval_likelihood(model, cfg, step, dev, task, run_dir, split=split, max_sequences=max_sequences,
+                               draws=draws, seed=seed, batch_size=batch_size, as_json=as_json)
     if cfg.task.name == "sudoku":
         from vmd_cli.sudoku import eval_sudoku
 
@@ -217,7 +228,6 @@ def eval_cmd(
         fail("--nfe takes one value for this task")
     sc = _sample_config(cfg, nfe=nfe_value[0] if nfe_value else None, strategy=strategy, temperature=temperature,
                         z_policy=z_policy, num_samples=samples, seed=seed)
-    task = make_task(cfg.task)
     metrics = evaluate(model, task, cfg, sc, dev)
     metrics = {"method": cfg.method, "step": step, "nfe": sc.nfe, "strategy": sc.strategy,
                "temperature": sc.temperature, "z_policy": sc.z_policy, **metrics}
@@ -250,12 +260,10 @@ def sample(
 ):
     """Draw samples from a trained model and print them."""
     from vmd.evaluate import draw_samples
-    from vmd.tasks import make_task
 
-    model, cfg, _, dev = load_any(run_dir, None)
+    model, cfg, _, dev, task = load_any(run_dir, None, with_task=True)
     sc = _sample_config(cfg, nfe=nfe, strategy=strategy, temperature=temperature, z_policy=z_policy,
                         num_samples=n, batch_size=max(1, n), seed=seed)
-    task = make_task(cfg.task)
     x = draw_samples(model, task, sc, cfg.diffusion.schedule, dev)
     if as_json:
         print(json.dumps(x.tolist()))

@@ -12,11 +12,11 @@ class TrainProgress:
     def __init__(self, console: Console, start: int, total: int):
         self.bar = Progress(
             TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}  kl {task.fields[kl]}  bpt {task.fields[bpt]}"),
+            TextColumn("loss {task.fields[loss]}  kl {task.fields[kl]}  bpt {task.fields[bpt]}{task.fields[valid]}"),
             TextColumn("{task.fields[rate]} it/s"), TimeRemainingColumn(),
             console=console, transient=False,
         )
-        zero = {"loss": "-", "kl": "-", "bpt": "-", "rate": "-"}
+        zero = {"loss": "-", "kl": "-", "bpt": "-", "rate": "-", "valid": ""}
         self.task = self.bar.add_task("train", total=total, completed=start, **zero)
 
     def __enter__(self):
@@ -33,6 +33,8 @@ class TrainProgress:
         m = ev.metrics
         fields = {"loss": f"{m['loss']:.3f}", "kl": f"{m['latent_kl']:.3f}", "bpt": f"{m['bits_per_token']:.3f}",
                   "rate": f"{ev.steps_per_s:.1f}"}
+        if "valid_bpt" in ev.valid:  # kept until the next validation
+            fields["valid"] = f"  valid {ev.valid['valid_bpt']:.3f}"
         self.bar.update(self.task, completed=ev.step, total=ev.total, **fields)
 
 

@@ -123,6 +123,7 @@ class TextTask:
     def __init__(self, cfg: TaskConfig, state: dict[str, str] | None = None):
         self.cfg = cfg
         self.length = cfg.length
+        self.unit = "character" if cfg.tokenizer == "char" else "token"  # what a bit per token is per
         self._splits: dict[str, torch.Tensor] | None = None
         self._corpus: Corpus | None = None  # a new run's corpus, read once for its vocabulary, kept for prepare
         if state:
