@@ -9,8 +9,15 @@ def test_every_bundled_preset_loads_and_validates():
     assert {"synthetic-2tok-mdm", "synthetic-2tok-vmd", "synthetic-d1-vmd", "synthetic-d2-mdm"} <= set(names)
     for name in names:
         cfg = C.load(name)
+        parts = name.split("-")
         assert cfg.method in ("mdm", "vmd")
-        assert cfg.method in name.split("-")  # sudoku-vmd-tiny, synthetic-d1-mdm
+        if cfg.task.name != "text":
+            assert cfg.method in parts  # sudoku-vmd-tiny, synthetic-d1-mdm
+            continue
+        # text: NAME-mdm one block, NAME-ar blocks of 1, NAME-bd3-blockB BD3, NAME-blockB block VMD
+        block = next((int(p[5:]) for p in parts if p.startswith("block")), 1 if "ar" in parts else 0)
+        assert cfg.model.block_size == block, name
+        assert cfg.method == ("vmd" if block > 1 and "bd3" not in parts else "mdm"), name
 
 
 def test_overrides_are_typed_and_layered():
