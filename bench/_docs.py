@@ -1,8 +1,23 @@
-"""Results pages whose hand-written part survives a re-run of the script that makes them."""
+"""What the bench scripts share: results pages whose hand-written part survives a re-run of the
+script that makes them, and the plain matmul rate that speeds are measured against."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+
+import torch
+
+
+def matmul_flops(n: int = 1024, reps: int = 20) -> float:
+    """FLOP/s of a plain fp32 n x n matmul on the CPU, the yardstick of the speed tables."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t0)
 
 
 def write_keeping_hand(out: Path, generated: str, marker: str) -> None:

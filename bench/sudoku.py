@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from _docs import write_keeping_hand
+from _docs import matmul_flops, write_keeping_hand
 from vmd.allocator import keep_freed_memory
 from vmd.checkpoint import load_model
 from vmd.errors import ConfigError
@@ -41,7 +41,6 @@ from vmd.sudoku.evaluate import (DEFAULT_NFES, DEFAULT_STRATEGIES, accuracy_tabl
 from vmd.sudoku.solve import default_batch_size, solve
 from vmd.sudoku.solver import make_puzzle
 from vmd.train import resolve_device
-from vmd.tasks.sudoku import to_tokens
 
 ROOT = Path(__file__).resolve().parent.parent
 SETS = {"easy": (30, 36), "hard": (22, 26), "very hard": (17, 21)}
@@ -50,16 +49,6 @@ TEST_SEED = 12345  # not the training pool's seed
 FAILURE_NFES = (2, 3, 5)  # where steps are few and failures many
 RESTART_NFES = (2, 10, 20)  # the target's NFE 2, and the step counts users solve hard puzzles with
 HAND = "## Reading (written by hand"
-
-
-def matmul_flops(n: int = 1024, reps: int = 20) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3):
-        a @ b
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n**3 * reps / (time.perf_counter() - t0)
 
 
 def generation_rate(lo: int, hi: int, n: int) -> float:

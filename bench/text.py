@@ -1,0 +1,148 @@
+"""Text and block diffusion on tinyshakespeare: training step costs, and test bits per character.
+
+    python bench/text.py --speed-only                 # the step-cost table (a few minutes)
+    python bench/text.py --seeds 0,1,2                # train and score every preset, 3 seeds each
+    python bench/text.py --steps 300 --seeds 0        # a short run of the whole pipeline
+
+Runs go to runs/bench-text/PRESET-sSEED (a finished run there is reused: delete it to retrain).
+Writes docs/results-text.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from _docs import matmul_flops, write_keeping_hand
+from vmd import checkpoint, config as C
+from vmd.allocator import keep_freed_memory
+from vmd.diffusion import diffusion_loss
+from vmd.evaluate import likelihood
+from vmd.train import Trainer
+
+ROOT = Path(__file__).resolve().parent.parent
+PRESETS = ("shakespeare-ar", "shakespeare-bd3-block4", "shakespeare-block4", "shakespeare-mdm")
+BASE = "shakespeare-bd3-block4"  # step costs relative to BD3 with blocks of 4
+PAPER = {"shakespeare-ar": "AR 1.38", "shakespeare-bd3-block4": "BD3-LM block 4 1.52",
+         "shakespeare-block4": "VMD block 4 1.515", "shakespeare-mdm": "MDLM 1.81"}
+HAND = "## Reading (written by hand"
+
+
+def step_flops(trainer: Trainer) -> float:
+    """FLOPs of one training step (forward and backward of the loss), counted by torch."""
+    x0, given = trainer.task.train_batch(trainer.cfg.train.batch_size, torch.Generator().manual_seed(0))
+    with FlopCounterMode(display=False) as counter:
+        out = diffusion_loss(trainer.model, x0, trainer.schedule, trainer.cfg.diffusion, trainer.cfg.latent,
+                             generator=torch.Generator().manual_seed(0))
+        out.loss.backward()
+    trainer.model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def speed(presets, rounds: int, steps: int) -> tuple[dict, float]:
+    """Median ms per training step of each preset, the presets taking turns in each round (the host
+    drifts), with a plain matmul timed in every round: {preset: (ms, tokens/s, GFLOP/s, share)}."""
+    trainers = {}
+    for name in presets:
+        cfg = C.load(name, None, ["device.device=cpu"])
+        trainers[name] = Trainer.create(cfg, Path(tempfile.mkdtemp()) / "run")
+        trainers[name].task.prepare()
+        for _ in range(2):
+            trainers[name].train_step()
+    times, mms = {n: [] for n in presets}, []
+    for _ in range(rounds):
+        mms.append(matmul_flops(reps=10))
+        for name, t in trainers.items():
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                t.train_step()
+            times[name].append((time.perf_counter() - t0) / steps)
+    mm = statistics.median(mms)
+    out = {}
+    for name, t in trainers.items():
+        sec = statistics.median(times[name])
+        flops = step_flops(t)
+        tokens = t.cfg.train.batch_size * t.task.length
+        out[name] = (1000 * sec, tokens / sec, flops / sec / 1e9, flops / sec / mm, t.parameters)
+        t.close()
+    return out, mm
+
+
+def train_and_score(name: str, seed: int, steps: int | None, max_sequences: int) -> dict:
+    run = ROOT / "runs" / "bench-text" / f"{name}-s{seed}"
+    sets = [f"train.seed={seed}", "device.device=cpu"] + ([f"train.steps={steps}"] if steps else [])
+    cfg = C.load(name, None, sets)
+    if not (run / checkpoint.MODEL_FILE).exists() or checkpoint.load_model(run)[2] < cfg.train.steps:
+        t0 = time.perf_counter()
+        trainer = Trainer.resume(run) if (run / checkpoint.STATE_FILE).exists() else Trainer.create(cfg, run)
+        trainer.task.prepare()
+        trainer.run()
+        print(f"  trained {name} seed {seed}: {trainer.step} steps, {time.perf_counter() - t0:.0f} s", flush=True)
+    model, cfg, step, task = checkpoint.load_run(run)
+    r = likelihood(model, task.eval_sequences("test", max_sequences), cfg, draws=4, seed=0)
+    return {"bpc": r["bits"], "stderr": r["stderr"], "sequences": r["sequences"], "step": step}
+
+
+def main() -> None:
+    keep_freed_memory()  # as the vmd command does (vmd/allocator.py)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", default="0,1,2", help="training seeds (comma-separated)")
+    p.add_argument("--steps", type=int, default=None, help="training steps [default: each preset's]")
+    p.add_argument("--max-sequences", type=int, default=200, help="test sequences scored per run")
+    p.add_argument("--speed-only", action="store_true", help="only the step-cost table")
+    p.add_argument("--rounds", type=int, default=5)
+    args = p.parse_args()
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        p.error(f"--seeds takes integers separated by commas, got {args.seeds!r}")
+    perf, mm = speed(PRESETS, args.rounds, steps=5)
+    scores = {}
+    if not args.speed_only:
+        for name in PRESETS:
+            scores[name] = [train_and_score(name, s, args.steps, args.max_sequences) for s in seeds]
+    write(args, perf, mm, scores, seeds)
+
+
+def write(args, perf, mm, scores, seeds) -> None:
+    cmd = "python bench/text.py " + " ".join(sys.argv[1:])
+    cpu = platform.processor() or platform.machine()
+    lines = ["# Text and block diffusion on tinyshakespeare", "",
+             f"Made by `{cmd}` on {cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}.", "",
+             "## Training step cost", "",
+             f"Each preset's training step (batch x length tokens; a block model runs 2L tokens through the "
+             f"denoiser), median of {args.rounds} rounds of 5 steps in which the presets take turns; FLOPs counted "
+             f"by torch's FlopCounterMode (forward and backward); share of a plain fp32 1024x1024 matmul timed in "
+             f"the same rounds ({mm / 1e9:.1f} GFLOP/s, median).", "",
+             f"| preset | parameters | ms / step | x {BASE} | tokens / s | GFLOP/s | share of matmul |",
+             "|---|---|---|---|---|---|---|"]
+    base = perf[BASE][0]
+    for name, (ms, tps, gf, share, params) in perf.items():
+        lines.append(f"| {name} | {params:,} | {ms:.0f} | {ms / base:.2f} | {tps:,.0f} | {gf:.1f} | {100 * share:.0f}% |")
+    if scores:
+        lines += ["", "## Test bits per character", "",
+                  f"The NELBO on the first {args.max_sequences} test sequences (128 characters each), 4 draws of the "
+                  f"times per sequence, seed 0; seeds {', '.join(map(str, seeds))} of training, "
+                  f"{'each preset' + chr(39) + 's steps' if not args.steps else f'{args.steps} steps each'}. "
+                  "Beside them, the papers' text8 numbers (method.md §6): another corpus and scale, for the ordering.",
+                  "", "| preset | BPC mean | spread (min-max) | stderr of one run | text8, paper |", "|---|---|---|---|---|"]
+        for name, runs in scores.items():
+            b = [r["bpc"] for r in runs]
+            lines.append(f"| {name} | {statistics.mean(b):.3f} | {min(b):.3f}-{max(b):.3f} | "
+                         f"{statistics.mean(r['stderr'] for r in runs):.3f} | {PAPER[name]} |")
+    out = ROOT / "docs" / "results-text.md"
+    write_keeping_hand(out, "\n".join(lines) + "\n", HAND)
+    print("\n".join(lines))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
