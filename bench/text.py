@@ -11,6 +11,7 @@ Writes docs/results-text.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
 import statistics
 import sys
@@ -80,9 +81,13 @@ def train_and_score(name: str, seed: int, steps: int | None, max_sequences: int)
     run = ROOT / "runs" / "bench-text" / f"{name}-s{seed}"
     sets = [f"train.seed={seed}", "device.device=cpu"] + ([f"train.steps={steps}"] if steps else [])
     cfg = C.load(name, None, sets)
-    if not (run / checkpoint.MODEL_FILE).exists() or checkpoint.load_model(run)[2] < cfg.train.steps:
+    done = checkpoint.load_model(run)[2] if (run / checkpoint.MODEL_FILE).exists() else 0
+    if done > cfg.train.steps:
+        raise SystemExit(f"{run} has trained {done} steps, more than the {cfg.train.steps} asked for: delete it")
+    if done < cfg.train.steps:  # new, or stopped part way: resumed to this budget
         t0 = time.perf_counter()
-        trainer = Trainer.resume(run) if (run / checkpoint.STATE_FILE).exists() else Trainer.create(cfg, run)
+        budget = lambda c: dataclasses.replace(c, train=dataclasses.replace(c.train, steps=cfg.train.steps))  # noqa: E731
+        trainer = Trainer.resume(run, budget) if done else Trainer.create(cfg, run)
         trainer.task.prepare()
         trainer.run()
         print(f"  trained {name} seed {seed}: {trainer.step} steps, {time.perf_counter() - t0:.0f} s", flush=True)
