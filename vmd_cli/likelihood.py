@@ -3,12 +3,7 @@ bits per character (or per token), with its standard error, and for a VMD the la
 
 from __future__ import annotations
 
-import json
-import math
-
-from rich.table import Table
-
-from vmd_cli.main import err, fail, out
+from vmd_cli.main import err, fail, show_metrics
 
 
 def eval_likelihood(model, cfg, step, dev, task, run_dir, *, split: str, max_sequences, draws: int, seed,
@@ -31,14 +26,9 @@ def eval_likelihood(model, cfg, step, dev, task, run_dir, *, split: str, max_seq
               "block_size": model.block_size}
     if model.has_latent:
         result.update(latent_stats(model, sequences[:1024], None, cfg, seed=seed or 0, device=dev))
+    show_metrics(result, f"{cfg.method.upper()} text, step {step}: {split} split, bits per {unit}", str(run_dir),
+                 as_json)
     if as_json:
-        print(json.dumps(result))
         return
-    table = Table(title=f"{cfg.method.upper()} text, step {step}: {split} split, bits per {unit}", caption=str(run_dir))
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k, v in result.items():
-        table.add_row(k, f"{v:.4f}" if isinstance(v, float) and math.isfinite(v) else str(v))
-    out.print(table)
     err.print(f"an upper bound (NELBO, KL weight 1, {r['draws']} draws of the times per sequence); "
               f"{key} ± {1.96 * r['stderr']:.4f} is a 95% interval over the sequences", highlight=False)

@@ -231,14 +231,19 @@ def eval_cmd(
     metrics = evaluate(model, task, cfg, sc, dev)
     metrics = {"method": cfg.method, "step": step, "nfe": sc.nfe, "strategy": sc.strategy,
                "temperature": sc.temperature, "z_policy": sc.z_policy, **metrics}
+    show_metrics(metrics, f"{cfg.method.upper()} {task_label(cfg)}, step {step}", str(run_dir), as_json)
+
+
+def show_metrics(metrics: dict, title: str, caption: str, as_json: bool) -> None:
+    """One JSON object on stdout, or a two-column table of the metrics."""
     if as_json:
         print(json.dumps(metrics))
         return
-    table = Table(title=f"{cfg.method.upper()} {task_label(cfg)}, step {step}", caption=str(run_dir))
+    table = Table(title=title, caption=caption)
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k, v in metrics.items():
-        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+        table.add_row(k, f"{v:.4f}" if isinstance(v, float) and v == v else str(v))
     out.print(table)
 
 
