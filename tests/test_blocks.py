@@ -127,3 +127,13 @@ def test_clipped_training_times_stay_in_range_and_evaluation_uses_the_full_range
     assert t.shape == (64, 4) and t.min() >= 0.3 and t.max() < 0.8
     full = block_times(64, model, diff, torch.Generator().manual_seed(0), full_range=True)
     assert full.min() < 0.1 and full.max() > 0.9
+
+
+@pytest.mark.parametrize("sets, words", [
+    ({"task": {"name": "sudoku"}, "model": {"block_size": 9}}, "not sudoku"),
+    ({"task": {"name": "sudoku"}, "model": {"positions": "rotary"}}, "keep learned"),
+    ({"task": {"name": "text", "length": 30}, "model": {"block_size": 4}}, "must divide task.length (30)"),
+])
+def test_block_settings_a_task_cannot_take_are_refused_before_any_work(sets, words):
+    with pytest.raises(ConfigError, match=words.replace("(", "\\(").replace(")", "\\)")):
+        C.from_dict(sets)

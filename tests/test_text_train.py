@@ -52,7 +52,7 @@ def test_resume_and_bad_text_input(tmp_path):
     r = vmd("train", "--resume", run, "--set", "train.steps=15")
     assert r.returncode == 0, r.stderr
     for args, words in [
-        (base + ["--set", "model.block_size=5", "--out", tmp_path / "b"], "must divide the sequence length (32)"),
+        (base + ["--set", "model.block_size=5", "--out", tmp_path / "b"], "must divide task.length (32)"),
         (base + ["--set", f"task.file={tmp_path / 'missing.txt'}", "--out", tmp_path / "c"], "missing.txt"),
         (["sample", run, "-n", "2"], "block by block is not built yet"),
         (["eval", run, "--split", "train"], "--split must be valid or test"),
@@ -60,3 +60,6 @@ def test_resume_and_bad_text_input(tmp_path):
         r = vmd(*args)
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2 and "Traceback" not in r.stderr and words in lines[-1], r.stderr
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()  # a failed start leaves nothing
+    r = vmd("train", "--resume", tmp_path)  # not a run: one line, and no lock file left in it
+    assert r.returncode == 2 and not (tmp_path / ".lock").exists(), r.stderr

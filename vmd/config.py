@@ -286,6 +286,12 @@ def validate(cfg: Config) -> None:
                           "task.name text only; leave it 0")
     if cfg.model.relation_bias and cfg.task.name != "sudoku":
         raise ConfigError(f"model.relation_bias needs a task with structured positions (sudoku), not {cfg.task.name!r}")
+    if cfg.model.block_size and cfg.task.name == "sudoku":
+        raise ConfigError("model.block_size needs a task without givens or a cell layout (text, synthetic), not sudoku")
+    if cfg.model.positions == "rotary" and cfg.task.name == "sudoku":
+        raise ConfigError("model.positions rotary would drop Sudoku's row, column and box embeddings; keep learned")
+    if cfg.task.name == "text" and cfg.model.block_size and cfg.task.length % cfg.model.block_size:
+        raise ConfigError(f"model.block_size ({cfg.model.block_size}) must divide task.length ({cfg.task.length})")
     if cfg.train.eval_every % cfg.train.log_every:
         raise ConfigError(f"train.eval_every ({cfg.train.eval_every}) must be a multiple of train.log_every "
                           f"({cfg.train.log_every}): validation is reported with a log line")

@@ -55,7 +55,7 @@ def latent_stats(model, x0: torch.Tensor, given: torch.Tensor | None, cfg: Confi
     t = sample_t(n, antithetic=True, t_min=cfg.diffusion.t_min, generator=dgen, device=device)
     xt, masked = mask_tokens(x0, t, schedule, model.mask_id, given, dgen)
     z_post, mean, per = latent_terms(model, x0, xt, masked, dgen)  # a block VMD: per block
-    kl = per.sum(-1)
+    kl = per.sum(-1).sum(1)  # per sequence (a block VMD's blocks summed), as training logs it
     active = int((mean[masked.view(n * model.blocks, -1).any(1)].var(0) > ACTIVE_THRESHOLD).sum())
 
     def nll(z):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shutil
 import signal
 import threading
 import time
@@ -151,6 +152,7 @@ class Trainer:
     def create(cls, cfg: Config, run_dir: Path, callback=None) -> "Trainer":
         """A new run in ``run_dir``, which must not hold a run already (nothing is overwritten). The
         directory is made and locked first, so a run that cannot write it fails before any work."""
+        made = not Path(run_dir).exists()
         run_dir = ensure_run_dir(run_dir)
         lock = RunLock(run_dir)
         try:
@@ -163,6 +165,8 @@ class Trainer:
                 trainer.start_from(cfg.train.init_from)
         except BaseException:
             lock.release()
+            if made:  # a start that failed before any work leaves no directory behind
+                shutil.rmtree(run_dir, ignore_errors=True)
             raise
         return trainer
 
@@ -184,6 +188,8 @@ class Trainer:
         if not run_dir.is_dir():
             raise CheckpointError(f"run directory {run_dir} does not exist" if not run_dir.exists()
                                   else f"{run_dir} is a file, not a run directory")
+        if not (run_dir / checkpoint.STATE_FILE).is_file():  # not a run: leave no lock file behind in it
+            checkpoint.load_train_state(run_dir)  # raises the one-line reason
         lock = RunLock(run_dir)
         try:
             trainer = cls._restore(run_dir, overrides, callback, lock)
@@ -216,7 +222,8 @@ class Trainer:
         trainer.step = trainer.saved_step = state["step"]
         trainer.elapsed = float(meta.get("elapsed_s", 0.0))
         trainer.last_metrics = meta.get("train_metrics", {})
-        trainer._restore_window(meta.get("window"), run_dir)
+        if meta.get("step") == trainer.step:  # meta.json is written last: a save cut short leaves an older one
+            trainer._restore_window(meta.get("window"), run_dir)
         return trainer
 
     def _restore_window(self, window, run_dir: Path) -> None:
@@ -357,8 +364,8 @@ class Trainer:
             if log:
                 now = time.perf_counter()
                 rate = (self.step - steps_last) / max(now - t_last, 1e-9)
-                t_last, steps_last = now, self.step
                 self._log(rate)
+                t_last, steps_last = time.perf_counter(), self.step  # validation is not training time
             if save:
                 self.save()
 

@@ -61,8 +61,11 @@ class MaskedDiffusionModel(nn.Module):
         block's prefix is read from (the training pass over xt ⊕ x0, vmd/model/blocks.py), and ``z``
         has one latent per block (batch x blocks rows, or (B, blocks, d)), each modulating only its
         block's noisy tokens."""
-        if self.blocks == 1 or x0 is None:
+        if self.blocks == 1:
             return self.head(self.trunk(xt, cond=z))
+        if x0 is None:
+            raise ConfigError("a block diffusion model reads each block's clean prefix: give x0 (block-by-block "
+                              "sampling with a cache is not built yet)")
         b, n = xt.shape
         cond = None if z is None else z.reshape(b, self.blocks, -1)
         h = self.trunk(torch.cat([xt, x0], dim=1), cond=cond, mask=self.block_mask, pos=self.block_pos,
