@@ -107,8 +107,9 @@ class DiffusionConfig:
     # which puts the training signal on heavily masked sequences. The reported nelbo is the bound
     # either way.
     weighting: Literal["elbo", "flat"] = "elbo"
-    # block diffusion's variance reduction (BD3-LM): training draws each block's masking rate from
-    # [clip[0], clip[1]] instead of [t_min, 1); evaluation always uses the full range (the NELBO)
+    # block diffusion's variance reduction (BD3-LM): training draws each block's time t from
+    # [clip[0], clip[1]] instead of [t_min, 1) (the masking rate itself under the linear schedule);
+    # evaluation always uses the full range (the NELBO)
     clip: list[float] = field(default_factory=lambda: [0.0, 1.0])
 
 
