@@ -54,7 +54,7 @@ def test_resume_and_bad_text_input(tmp_path):
     for args, words in [
         (base + ["--set", "model.block_size=5", "--out", tmp_path / "b"], "must divide task.length (32)"),
         (base + ["--set", f"task.file={tmp_path / 'missing.txt'}", "--out", tmp_path / "c"], "missing.txt"),
-        (["sample", run, "-n", "2"], "block by block is not built yet"),
+        (["sample", run, "--prompt", "Zebra"], "outside this run's vocabulary"),
         (["eval", run, "--split", "train"], "--split must be valid or test"),
     ]:
         r = vmd(*args)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from vmd.config import Config, SampleConfig
 from vmd.diffusion import diffusion_loss, latent_terms, mask_tokens
+from vmd.blockwise import generate_blocks, sample_generators
 from vmd.errors import ConfigError
 from vmd.sampling import generate
 from vmd.schedule import make_schedule, sample_t
@@ -20,10 +21,21 @@ ACTIVE_THRESHOLD = 0.01  # a latent dimension is active if Var_x[E_q(z_d | x)] e
 @torch.no_grad()
 def draw_samples(model, task, sc: SampleConfig, schedule_name: str = "linear", device="cpu",
                  on_batch: Callable[[int], None] | None = None) -> torch.Tensor:
-    """``sc.num_samples`` sequences in batches of ``sc.batch_size``, seeded by ``sc.seed``."""
+    """``sc.num_samples`` sequences in batches of ``sc.batch_size``, seeded by ``sc.seed``. A block
+    diffusion model is sampled block by block with ``sc.nfe`` steps per block (at most its block
+    size), one random stream per sample (vmd/blockwise.py)."""
     if model.blocks > 1:
-        raise ConfigError("sampling a block diffusion model (model.block_size) block by block is not built yet; "
-                          "vmd eval scores its likelihood on tasks with held-out data (text)")
+        streams = sample_generators(sc.seed, sc.num_samples)
+        out = []
+        for lo in range(0, sc.num_samples, sc.batch_size):
+            n = min(sc.batch_size, sc.num_samples - lo)
+            out.append(generate_blocks(model, n, model.length, steps_per_block=min(sc.nfe, model.block_size),
+                                       strategy=sc.strategy, temperature=sc.temperature, z_policy=sc.z_policy,
+                                       schedule=make_schedule(schedule_name), device=device,
+                                       generator=streams.subset(torch.arange(lo, lo + n))).cpu())
+            if on_batch:
+                on_batch(n)
+        return torch.cat(out)
     gen = torch.Generator(device=device).manual_seed(sc.seed)
     schedule = make_schedule(schedule_name)
     out, left = [], sc.num_samples
@@ -88,6 +100,23 @@ def likelihood(model, sequences: torch.Tensor, cfg: Config, *, draws: int = 4, s
     bits = torch.cat(per_sequence) / (length * math.log(2))
     stderr = float(bits.std() / math.sqrt(n)) if n > 1 else float("nan")
     return {"bits": float(bits.mean()), "stderr": stderr, "tokens": n * length, "sequences": n, "draws": draws}
+
+
+@torch.no_grad()
+def judge_nll(judge, samples: torch.Tensor, batch_size: int = 64, device="cpu") -> float:
+    """The mean negative log-likelihood in nats per token of ``samples`` (N, L) under an
+    autoregressive ``judge`` (a model with one token per block, whose loss is the exact NLL);
+    exp of it is the samples' generative perplexity."""
+    if judge.block_size != 1:
+        raise ConfigError(f"a judge must be autoregressive (model.block_size 1); this one has blocks of {judge.block_size}")
+    if samples.shape[1] != judge.length:
+        raise ConfigError(f"the judge reads sequences of {judge.length} tokens, the samples have {samples.shape[1]}")
+    total = 0.0
+    for lo in range(0, samples.shape[0], batch_size):
+        x0 = samples[lo: lo + batch_size].to(device)
+        logits = judge(torch.full_like(x0, judge.mask_id), None, x0).float()
+        total += float(F.cross_entropy(logits.transpose(1, 2), x0, reduction="sum"))
+    return total / samples.numel()
 
 
 def evaluate(model, task, cfg: Config, sc: SampleConfig, device="cpu", on_batch=None) -> dict[str, float]:

@@ -9,7 +9,7 @@ from vmd_cli.main import err, fail, show_metrics
 def eval_likelihood(model, cfg, step, dev, task, run_dir, *, split: str, max_sequences, draws: int, seed,
                     batch_size: int, as_json: bool) -> None:
     from vmd.evaluate import latent_stats, likelihood
-    from vmd_cli.sudoku import progress_bar
+    from vmd_cli.progress import progress_bar
 
     if split not in ("valid", "test"):
         fail(f"--split must be valid or test, got {split!r}")

@@ -180,7 +180,8 @@ def load_any(source: str, device: Optional[str], with_task: bool = False):
              "  vmd eval runs/synthetic-d1-mdm --nfe 4 --json\n\n"
              "  vmd eval runs/sudoku-vmd-tiny --givens 22-26 --samples 200\n\n"
              "  vmd eval runs/sudoku-vmd-tiny --data puzzles.csv --nfe 2,5,10 --strategy top-margin --json\n\n"
-             "  vmd eval runs/shakespeare-block4 --split test --max-sequences 200 --json")
+             "  vmd eval runs/shakespeare-block4 --split test --max-sequences 200 --json\n\n"
+             "  vmd eval runs/shakespeare-block4 --samples 500 --steps-per-block 1,2,4 --judge runs/shakespeare-ar")
 @friendly
 def eval_cmd(
     run_dir: str = typer.Argument(..., metavar="MODEL", help=MODEL_HELP),
@@ -202,6 +203,11 @@ def eval_cmd(
                                                 "sequences of the split (bounds the time) \\[default: all]."),
     draws: int = typer.Option(4, help="Text: draws of the times and masks per sequence."),
     batch_size: int = typer.Option(32, "--batch-size", help="Text: sequences per batch."),
+    steps_per_block: Optional[str] = typer.Option(None, "--steps-per-block", "-k", help="Text: score samples instead "
+                                                  "(gen-PPL, word validity, entropy) made with these steps per block, "
+                                                  "e.g. 1,2,4 \\[default with --samples: 1,2,4]."),
+    judge: Optional[str] = typer.Option(None, help="Text samples: the autoregressive model of gen-PPL \\[default: the "
+                                        "bundled shakespeare-ar, where the vocabulary matches]."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or mps \\[default: the run's]."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
 ):
@@ -212,6 +218,13 @@ def eval_cmd(
     if device is not None:
         C.from_dict({"device": {"device": device}})
     model, cfg, step, dev, task = load_any(run_dir, device, with_task=True)
+    if hasattr(task, "eval_sequences") and (samples is not None or steps_per_block is not None):
+        from vmd_cli.textgen import eval_quality
+
+        sc = _sample_config(cfg, strategy=strategy, temperature=temperature, z_policy=z_policy, seed=seed)
+        return eval_quality(model, cfg, step, dev, task, run_dir, samples=samples or 200,
+                            steps_list=parse_ints(steps_per_block, "--steps-per-block"), judge_source=judge, sc=sc,
+                            batch_size=batch_size, as_json=as_json)
     if hasattr(task, "eval_sequences"):
         from vmd_cli.likelihood import eval_likelihood
 
@@ -248,25 +261,64 @@ def show_metrics(metrics: dict, title: str, caption: str, as_json: bool) -> None
 
 
 @app.command(epilog="Examples:\n\n"
-             "  vmd sample runs/synthetic-2tok-vmd -n 8 --nfe 1\n\n"
-             "  vmd sample runs/synthetic-d2-mdm -n 4 --nfe 4 --json")
+             "  vmd sample                                   # the bundled text model, streamed\n\n"
+             "  vmd sample runs/shakespeare-block4 --prompt 'ROMEO:' --length 512 --steps-per-block 1\n\n"
+             "  vmd sample shakespeare-bd3-block4 -n 16 --format json > samples.jsonl\n\n"
+             "  vmd sample runs/synthetic-2tok-vmd -n 8 --nfe 1")
 @friendly
 def sample(
-    run_dir: str = typer.Argument(..., metavar="MODEL", help=MODEL_HELP),
-    n: int = typer.Option(8, "-n", "--num", help="How many samples."),
-    nfe: Optional[int] = typer.Option(None, help="Denoiser calls (steps) per sample \\[default: the run's]. Steps "
-                                      "with nothing left to reveal cost nothing, so NFE above the sequence length is "
-                                      "the same as NFE = length."),
+    run_dir: Optional[str] = typer.Argument(None, metavar="[MODEL]", help=MODEL_HELP.rstrip(".") +
+                                            " \\[default: the bundled text model, shakespeare-block4]."),
+    n: Optional[int] = typer.Option(None, "-n", "--num", help="How many samples \\[default: 8; text: 1]."),
+    nfe: Optional[int] = typer.Option(None, help="Not text: denoiser calls (steps) per sample \\[default: the run's]. "
+                                      "Steps with nothing left to reveal cost nothing, so NFE above the sequence length "
+                                      "is the same as NFE = length."),
+    steps_per_block: Optional[int] = typer.Option(None, "--steps-per-block", "-k", help="Text: denoising steps per "
+                                                  "block, 1 to the block size \\[default: the run's sample.nfe, at most "
+                                                  "the block size]."),
+    length: Optional[int] = typer.Option(None, help="Text: tokens per sample, prompt included \\[default: the "
+                                         "model's length]; past it a model with rotary positions slides its cache."),
+    prompt: Optional[str] = typer.Option(None, help="Text: the start of every sample, kept verbatim."),
+    prompt_file: Optional[Path] = typer.Option(None, "--prompt-file", help="Text: read the prompt from a file (- for stdin)."),
     strategy: Optional[str] = typer.Option(None, help="random, top-prob or top-margin."),
     temperature: Optional[float] = typer.Option(None, help="Sampling temperature; 0 is argmax."),
     z_policy: Optional[str] = typer.Option(None, "--z-policy", help="once, step or posterior."),
-    seed: Optional[int] = typer.Option(None, help="Sampling seed."),
-    as_json: bool = typer.Option(False, "--json", help="Print the samples as a JSON list of token lists."),
+    seed: Optional[int] = typer.Option(None, help="Sampling seed (text: sample i draws the same whatever -n and "
+                                       "--batch-size)."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Text: samples made at once."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Text: recompute the prefix at every step instead of "
+                                  "caching it (the reference; same text, slower)."),
+    fmt: str = typer.Option("text", "--format", help="Text: text, or json (one object per sample with its settings)."),
+    as_json: bool = typer.Option(False, "--json", help="JSON: token lists (text: as --format json)."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or mps \\[default: the run's]."),
 ):
-    """Draw samples from a trained model and print them."""
+    """Draw samples from a trained model and print them. Text is made block by block (each block's
+    clean prefix in a KV cache) and shown as each block is committed."""
     from vmd.evaluate import draw_samples
 
-    model, cfg, _, dev, task = load_any(run_dir, None, with_task=True)
+    if device is not None:
+        C.from_dict({"device": {"device": device}})
+    if fmt not in ("text", "json"):
+        fail(f"--format must be text or json, got {fmt!r}")
+    source = run_dir or "shakespeare-block4"
+    model, cfg, _, dev, task = load_any(source, device, with_task=True)
+    if hasattr(task, "encode_prompt"):  # text
+        from vmd_cli.textgen import read_prompt, sample_text
+
+        if nfe is not None:
+            fail("--nfe is for one-pass models; a text model takes --steps-per-block")
+        sc = _sample_config(cfg, strategy=strategy, temperature=temperature, z_policy=z_policy, seed=seed)
+        return sample_text(model, cfg, task, source, dev, n=1 if n is None else n, length=length, steps=steps_per_block,
+                           prompt=read_prompt(prompt, prompt_file), sc=sc, batch_size=batch_size, cache=not no_cache,
+                           fmt="json" if as_json else fmt)
+    text_only = {"--steps-per-block": steps_per_block, "--length": length, "--prompt": prompt,
+                 "--prompt-file": prompt_file, "--no-cache": no_cache or None,
+                 "--format": None if fmt == "text" else fmt}
+    given = [k for k, v in text_only.items() if v is not None]
+    if given:
+        fail(f"{', '.join(given)} {'apply' if len(given) > 1 else 'applies'} to text models; {source} is a "
+             f"{task_label(cfg)} model")
+    n = 8 if n is None else n
     sc = _sample_config(cfg, nfe=nfe, strategy=strategy, temperature=temperature, z_policy=z_policy,
                         num_samples=n, batch_size=max(1, n), seed=seed)
     x = draw_samples(model, task, sc, cfg.diffusion.schedule, dev)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -65,3 +67,11 @@ class DataProgress:
             self.bar.__enter__()
             self.task = self.bar.add_task("data", total=total)
         self.bar.update(self.task, completed=done, total=total)
+
+
+@contextmanager
+def progress_bar(label: str, total: int, console: Console | None = None):
+    """A transient bar on stderr: (bar, task) for ``bar.advance(task, k)``."""
+    with Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console or Console(stderr=True), transient=True) as bar:
+        yield bar, bar.add_task(label, total=total)

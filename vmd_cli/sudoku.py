@@ -4,25 +4,16 @@ Sudoku accuracy table of ``vmd eval``."""
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from typing import Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
 from vmd.models import NAMES_HELP
 from vmd_cli.main import app, err, fail, friendly, load_any, out
+from vmd_cli.progress import progress_bar
 
 FORMATS = ("grid", "line", "json")
-
-
-@contextmanager
-def progress_bar(label: str, total: int):
-    """A transient bar on stderr: (bar, task) for ``bar.advance(task, k)``."""
-    with Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=err, transient=True) as bar:
-        yield bar, bar.add_task(label, total=total)
 
 
 def draw(puzzle, grid, bad: set[int]) -> Text:

@@ -7,8 +7,8 @@ from torch import nn
 
 from vmd.config import Config
 from vmd.errors import ConfigError
+from vmd.model.blocks import KVCache, training_mask, window_mask
 from vmd.model.blocks import positions as block_positions
-from vmd.model.blocks import training_mask
 from vmd.model.latent import Categorical, ConditionalPrior, Encoder, StandardNormal
 from vmd.model.transformer import Trunk
 
@@ -70,6 +70,65 @@ class MaskedDiffusionModel(nn.Module):
         cond = None if z is None else z.reshape(b, self.blocks, -1)
         h = self.trunk(torch.cat([xt, x0], dim=1), cond=cond, mask=self.block_mask, pos=self.block_pos,
                        plain_groups=self.blocks if z is not None else 0)
+        return self.head(h[:, :n])
+
+    # Block-by-block generation (method.md §3; the sampler is vmd/blockwise.py): the clean prefix
+    # lives in a KVCache, and each denoising step runs the model on the current block alone.
+
+    def new_cache(self) -> KVCache:
+        """An empty cache; a model with rotary positions keeps a sliding window of ``length - block_size``
+        tokens (the most context a block has in training) and so generates past its length."""
+        window = self.length - self.block_size if self.trunk.rotary else None
+        return KVCache(len(self.trunk.blocks), self.block_size, self.length, window)
+
+    def reach(self, end: int) -> None:
+        """Refuse to place a token at position ``end - 1`` or later that the positions cannot hold."""
+        if end > self.length and not self.trunk.rotary:
+            raise ConfigError(f"this model's positions are learned for {self.length} tokens: it cannot generate "
+                              f"{end} (a model with model.positions: rotary slides past its length)")
+
+    def commit(self, x: torch.Tensor, cache: KVCache) -> None:
+        """Append clean whole blocks ``x`` (B, n) to ``cache``: each attends to itself and the clean
+        tokens before it (within the window), as the clean half does in training."""
+        bs, n = self.block_size, x.shape[1]
+        self.reach(cache.length + n)
+        if n > bs and cache.window is not None and cache.size + n > cache.window:
+            for lo in range(0, n, bs):  # the window slides inside x: one block at a time
+                self.commit(x[:, lo: lo + bs], cache)
+            return
+        mask = None if n == bs else window_mask(n, bs, cache.window, cache.size, x.device)
+        self.trunk(x, mask=mask, cache=cache, keep=n)
+
+    def block_logits(self, xb: torch.Tensor, z: torch.Tensor | None, cache: KVCache,
+                     commit: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, n, vocab) of the noisy block ``xb`` (B, n) that follows the cached prefix, ``z``
+        its latent (B, d) or None. ``commit``: a clean block to commit first, in the same pass (it
+        attends as ``commit`` would make it; the noisy block attends to it as well)."""
+        if commit is None:
+            self.reach(cache.length + xb.shape[1])
+            return self.head(self.trunk(xb, cond=z, cache=cache))
+        bs = self.block_size
+        self.reach(cache.length + 2 * bs)
+        mask = window_mask(2 * bs, bs, cache.window, cache.size, xb.device)
+        cond = None if z is None else z.reshape(xb.shape[0], 1, -1)
+        h = self.trunk(torch.cat([commit, xb], 1), cond=cond, mask=mask, cache=cache, keep=bs,
+                       plain_groups=-1 if z is not None else 0)
+        return self.head(h[:, bs:])
+
+    def block_logits_uncached(self, prefix: torch.Tensor, xb: torch.Tensor, z: torch.Tensor | None,
+                              window: int | None = None) -> torch.Tensor:
+        """``block_logits`` with the clean ``prefix`` (B, s) recomputed in the same pass (the
+        reference the cache is tested and timed against); ``window`` as the cache's."""
+        bs, s, n = self.block_size, prefix.shape[1], xb.shape[1]
+        self.reach(s + n)
+        dev = xb.device
+        seen = window_mask(n, bs, window, s, dev)  # the noisy block as block s / bs: [prefix | itself]
+        mask = torch.cat([torch.cat([seen[:, s:], seen[:, :s]], 1),
+                          torch.cat([torch.zeros(s, n, dtype=torch.bool, device=dev), window_mask(s, bs, window, 0, dev)], 1)])
+        pos = torch.cat([torch.arange(s, s + n, device=dev), torch.arange(s, device=dev)])
+        cond = None if z is None else z.reshape(xb.shape[0], 1, -1)
+        h = self.trunk(torch.cat([xb, prefix], 1), cond=cond, mask=mask, pos=pos,
+                       plain_groups=s // bs if z is not None else 0)
         return self.head(h[:, :n])
 
     def encode(self, x0: torch.Tensor, masked: torch.Tensor):

@@ -46,3 +46,60 @@ def causal_mask(length: int, block_size: int, device=None) -> torch.Tensor:
 def positions(length: int, device=None) -> torch.Tensor:
     """(2L,) the position of each token of ``xt ⊕ x0``: both halves at 0..L-1."""
     return torch.arange(2 * length, device=device) % length
+
+
+def window_mask(length: int, block_size: int, window: int | None = None, past: int = 0, device=None) -> torch.Tensor:
+    """(length, past + length) bool for committing ``length`` clean tokens (whole blocks) after
+    ``past`` cached ones: each block attends to itself and to the clean tokens before it, at most
+    ``window`` of them (None: all). ``window`` and ``past`` are multiples of the block size."""
+    q = block_ids(length, block_size, device) + past // block_size
+    k = block_ids(past + length, block_size, device)
+    seen = q[:, None] >= k[None, :]
+    if window is not None:
+        seen &= k[None, :] >= q[:, None] - window // block_size
+    return seen
+
+
+class KVCache:
+    """The keys and values of a committed clean prefix, per layer, for block-by-block generation
+    (method.md §3): a clean token attends only to its own block and to earlier clean blocks, never
+    to a noisy token or a later block, so its keys and values never change once its block is
+    committed. A block's denoising steps then run the model on that block alone, attending to the
+    cache and to itself.
+
+    Each layer's keys and values live in one buffer (batch, heads, capacity, head_dim) allocated
+    at the first use: a step writes its own after the cached ones and attends to that view, so no
+    step copies the prefix. ``length`` counts the tokens committed so far (the position of the
+    next one). With a ``window`` only the last ``window`` tokens are kept (whole blocks): a model
+    whose positions are relative (rotary) can so generate past its training length, each block
+    seeing at most the context it saw in training (``task.length - block_size``)."""
+
+    def __init__(self, layers: int, block_size: int, capacity: int, window: int | None = None):
+        self.keys: list[torch.Tensor | None] = [None] * layers
+        self.values: list[torch.Tensor | None] = [None] * layers
+        self.block_size, self.window, self.length, self.size = block_size, window, 0, 0
+        self.capacity = capacity if window is None else window + 2 * block_size  # + a block committed with the next
+
+    def attend(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """The keys and values that tokens with ``k`` and ``v`` (batch, heads, n, head_dim) attend to:
+        the cached ones, then their own (written after them; kept only once ``advance`` is called)."""
+        if self.keys[layer] is None:
+            shape = (k.shape[0], k.shape[1], self.capacity, k.shape[3])
+            self.keys[layer], self.values[layer] = k.new_empty(shape), v.new_empty(shape)
+        end = self.size + k.shape[2]
+        if end > self.capacity:
+            raise ValueError(f"{end} tokens in a cache of {self.capacity}")
+        self.keys[layer][:, :, self.size: end] = k
+        self.values[layer][:, :, self.size: end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def advance(self, n: int) -> None:
+        """Keep the first ``n`` tokens of those last written (committed), sliding the window past the
+        oldest ones."""
+        self.length += n
+        self.size += n
+        if self.window is not None and self.size > self.window:
+            drop = self.size - self.window
+            for buf in self.keys + self.values:
+                buf[:, :, :self.window] = buf[:, :, drop: self.size].clone()
+            self.size = self.window

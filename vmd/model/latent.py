@@ -135,6 +135,18 @@ class Mixture:
         return -torch.logsumexp(torch.log_softmax(self.logits, -1) - per_part, dim=-1)
 
 
+def select_rows(dist, index: torch.Tensor):
+    """``dist`` (a posterior or prior over batch x blocks rows) restricted to rows ``index``: one
+    block's latent per sequence, for block-by-block generation."""
+    if isinstance(dist, StandardNormal):
+        return StandardNormal(len(index), dist.dim, dist.device)
+    if isinstance(dist, Categorical):
+        return Categorical(dist.logits[index])
+    if isinstance(dist, Gaussian):
+        return Gaussian(dist.mu[index], dist.logvar[index])
+    return Mixture(dist.logits[index], dist.means[index], dist.logvars[index])
+
+
 class Pool(nn.Module):
     """A small MLP on the trunk's mean over positions (``Trunk.pooled``); with zero transformer
     layers below it, this alone reads the (position-aware) token embeddings: a cheap encoder or prior."""

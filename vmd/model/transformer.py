@@ -115,15 +115,18 @@ class Block(nn.Module):
             self.register_buffer("_unit", torch.ones(dim), persistent=False)
             self.register_buffer("_zero", torch.zeros(dim), persistent=False)
 
-    def attention(self, h: torch.Tensor, bias: torch.Tensor | None, rope=None) -> torch.Tensor:
+    def attention(self, h: torch.Tensor, bias: torch.Tensor | None, rope=None, cache=None,
+                  layer: int = 0) -> torch.Tensor:
         """``bias``: a float (heads, L, L) added to the logits, or a bool (L, L) mask (True: may
-        attend); ``rope``: (cos, sin) of the positions, rotating queries and keys."""
+        attend); ``rope``: (cos, sin) of the positions, rotating queries and keys. With a ``cache``
+        (``vmd.model.blocks.KVCache``) the tokens also attend to its keys and values of ``layer``
+        first (a bool mask is then (L, cached + L)); theirs are written after them."""
         b, n, d = h.shape
         qkv = self.linear(self.qkv, h)
         p = self.dropout if self.training else 0.0
         if bias is not None and bias.is_floating_point():  # under autocast the projection may be in half precision
             bias = bias.to(qkv.dtype)
-        if bias is not None and bias.requires_grad and qkv.device.type == "cpu" and rope is None:
+        if bias is not None and bias.requires_grad and qkv.device.type == "cpu" and rope is None and cache is None:
             out = _biased_attention(qkv, self.heads, bias, p)
         else:
             # a bias as (1, heads, L, L): SDPA's fused CPU kernel takes a 4-D float mask (a 3-D one sends
@@ -131,6 +134,8 @@ class Block(nn.Module):
             q, k, v = qkv.view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
             if rope is not None:
                 q, k = rotate(q, *rope), rotate(k, *rope)
+            if cache is not None:
+                k, v = cache.attend(layer, k, v)
             mask = None if bias is None else bias[None] if bias.dim() == 3 else bias
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
             out = out.transpose(1, 2).reshape(b, n, d)
@@ -154,12 +159,13 @@ class Block(nn.Module):
         """``self.mlp(h)``, layer by layer through ``linear`` (its GELU is exact, as ``mlp[1]``)."""
         return self.linear(self.mlp[2], self.linear(self.mlp[0], h, "gelu"))
 
-    def forward(self, x, mod=None, bias=None, rope=None):
+    def forward(self, x, mod=None, bias=None, rope=None, cache=None, layer: int = 0):
         """``mod``: (B, 6 * dim) shift, scale and gate for both sub-layers, or (B, G, 6 * dim) one
-        per group of consecutive positions (a block's latent, block diffusion), or None; ``bias``
-        and ``rope`` as ``attention`` takes them."""
+        per group of consecutive positions (a block's latent, block diffusion), or None; ``bias``,
+        ``rope`` and the cache arguments as ``attention`` takes them."""
+        attend = functools.partial(self.attention, bias=bias, rope=rope, cache=cache, layer=layer)
         if mod is None:
-            x = x + self.attention(self.norm1(x), bias, rope)
+            x = x + attend(self.norm1(x))
             return x + self.feed_forward(self.norm2(x))
         b, n, d = x.shape
         if mod.dim() == 2:
@@ -172,7 +178,7 @@ class Block(nn.Module):
         # one fused multiply-add per modulation: addcmul(a, b, c) = a + b * c
         shift1, scale1, gate1, shift2, scale2, gate2 = (mod[:, :, None, :] + self._one).chunk(6, dim=-1)
         h = torch.addcmul(shift1, grouped(self._normed(self.norm1, x)), scale1).view(b, n, d)
-        x = torch.addcmul(grouped(x), gate1, grouped(self.attention(h, bias, rope))).view(b, n, d)
+        x = torch.addcmul(grouped(x), gate1, grouped(attend(h))).view(b, n, d)
         h = torch.addcmul(shift2, grouped(self._normed(self.norm2, x)), scale2).view(b, n, d)
         return torch.addcmul(grouped(x), gate2, grouped(self.feed_forward(h))).view(b, n, d)
 
@@ -228,11 +234,17 @@ class Trunk(nn.Module):
         table = self.pos if self.layout_emb is None else self.layout_emb(self.layout).sum(1)
         return table[:length] if pos is None else table[pos]
 
-    def forward(self, ids, cond=None, flags=None, mask=None, pos=None, plain_groups: int = 0):
+    def forward(self, ids, cond=None, flags=None, mask=None, pos=None, plain_groups: int = 0, cache=None,
+                keep: int = 0):
         """``cond``: (B, cond_dim), or (B, G, cond_dim) one per group of consecutive positions, then
-        ``plain_groups`` more groups that get no modulation at all; ``mask``: a bool (N, N) attention
-        mask (True: may attend); ``pos``: (N,) each token's position (default 0..N-1)."""
+        ``plain_groups`` more groups that get no modulation at all (before them if negative: the
+        groups are all the same size); ``mask``: a bool (N, N) attention
+        mask (True: may attend); ``pos``: (N,) each token's position (default 0..N-1, or after a
+        ``cache``'s tokens). ``cache``: a ``KVCache`` of earlier tokens that these attend to as well
+        (``mask`` then (N, cached + N)); the keys and values of the first ``keep`` tokens are kept in it."""
         n_tok = ids.shape[1]
+        if pos is None and cache is not None:
+            pos = torch.arange(cache.length, cache.length + n_tok, device=ids.device)
         h = self.tok(ids)
         rope = None
         if self.rotary:
@@ -243,16 +255,19 @@ class Trunk(nn.Module):
             h = h + self.flag(flags.long())
         n = len(self.blocks)
         mods = [None] * n
-        if self.cond is not None:
+        if self.cond is not None and cond is not None:  # (no cond: unmodulated, as a block model's clean half)
             out = self.cond(cond)
             if plain_groups:  # zero modulation is the identity (shift 0, scale and gate 1)
-                out = torch.cat([out, out.new_zeros(out.shape[0], plain_groups, out.shape[-1])], dim=1)
+                zero = out.new_zeros(out.shape[0], abs(plain_groups), out.shape[-1])
+                out = torch.cat([out, zero] if plain_groups > 0 else [zero, out], dim=1)
             mods = out.chunk(n, dim=-1)
         biases = [mask] * n
         if self.relation_logits is not None:  # (layers, heads, R)[relation] -> per block (heads, L, L)
             biases = self.relation_logits[:, :, self.relation].unbind(0)
-        for block, mod, bias in zip(self.blocks, mods, biases):
-            h = block(h, mod, bias, rope)
+        for i, (block, mod, bias) in enumerate(zip(self.blocks, mods, biases)):
+            h = block(h, mod, bias, rope, cache, i)
+        if keep:
+            cache.advance(keep)
         return self.norm(h)
 
     def pooled(self, ids, flags=None):

@@ -13,7 +13,8 @@ whatever label a task gives.
 its vocabulary or tokenizer; {} for the tasks that learn nothing): stored with the run and
 passed back as ``make_task(cfg, state)``, it rebuilds the same task without the data, so a run
 loads, formats and samples offline. Tasks with held-out data (text) also have
-``eval_sequences(split, max_sequences) -> (n, length)`` for ``split`` valid or test.
+``eval_sequences(split, max_sequences) -> (n, length)`` for ``split`` valid or test, and
+``encode_prompt(text) -> (n,)`` ids, the start of a sample (generated block by block).
 """
 
 from __future__ import annotations

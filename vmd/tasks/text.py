@@ -25,6 +25,7 @@ from __future__ import annotations
 import bisect
 import codecs
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -39,6 +40,7 @@ from vmd.tasks import text8
 from vmd.tasks.tokenizers import CharTokenizer, PieceTokenizer, UnknownChar, describe, from_state
 
 SHARES = {"train": (0, 90), "valid": (90, 95), "test": (95, 100)}  # percent of the characters
+WORD = re.compile(r"[^\W\d_]+")  # a word: a run of letters (word_validity)
 ZIP_MAGIC = b"PK\x03\x04"
 
 
@@ -126,6 +128,7 @@ class TextTask:
         self.unit = "character" if cfg.tokenizer == "char" else "token"  # what a bit per token is per
         self._splits: dict[str, torch.Tensor] | None = None
         self._corpus: Corpus | None = None  # a new run's corpus, read once for its vocabulary, kept for prepare
+        self._words: frozenset[str] | None = None  # the training split's words (word_validity)
         if state:
             self.tokenizer = from_state(cfg.tokenizer, state)
             if not cfg.file and getattr(self.tokenizer, "chars", None) != text8.CHARS:
@@ -224,9 +227,42 @@ class TextTask:
     def start(self, n: int):
         return torch.full((n, self.length), self.vocab, dtype=torch.long), None
 
+    def encode_prompt(self, text: str, what: str = "the prompt") -> torch.Tensor:
+        """Token ids (1-D) of ``text``; characters outside the vocabulary are an error naming them."""
+        missing = sorted(set(text) - self.tokenizer.alphabet)
+        if missing:
+            shown = ", ".join(describe(c) for c in missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+            chars = getattr(self.tokenizer, "chars", "")
+            known = f" (its characters: {chars!r})" if 0 < len(chars) <= 80 else ""
+            raise DataError(f"{what} has characters outside this run's vocabulary{known}: {shown}")
+        return torch.from_numpy(self.tokenizer.encode(text).astype(np.int64))
+
     def format(self, x: torch.Tensor) -> list[str]:
         """Each sequence as text; a masked position shows as ``_``."""
         return [self.tokenizer.decode(row) for row in x.tolist()]
+
+    def split_text(self, split: str) -> str:
+        """A split (train, valid or test) as text, decoded from its tokens."""
+        self.prepare()
+        ids = self._splits[split].numpy()
+        chars = getattr(self.tokenizer, "chars", "")
+        if chars.isascii() and chars:  # one table lookup, not a string per character (text8: 90M)
+            return np.frombuffer(chars.encode("ascii"), dtype=np.uint8)[ids].tobytes().decode("ascii")
+        return self.tokenizer.decode(ids.tolist())
+
+    def word_validity(self, samples: torch.Tensor) -> dict[str, float]:
+        """The share of the samples' words found among the training split's words: a word is a run
+        of letters, compared in lower case; each sample's first and last words are left out (the
+        window may cut them). Concurrent drawing of a block's tokens breaks words, and this counts
+        exactly those. Reads the corpus (text8: its cache) for the word list."""
+        if self._words is None:
+            self._words = frozenset(w.lower() for w in WORD.findall(self.split_text("train")))
+        found = total = 0
+        for text in self.format(samples):
+            words = WORD.findall(text)[1:-1]
+            total += len(words)
+            found += sum(w.lower() in self._words for w in words)
+        return {"word_validity": found / total if total else float("nan"), "words": total}
 
     def metrics(self, samples: torch.Tensor) -> dict[str, float]:
         """Cheap and honest, no corpus needed: the count, and the entropy (bits) of the samples' token

@@ -1,0 +1,57 @@
+"""``vmd sample`` on a text run: prompts kept, the cache and --no-cache agree, JSON lines carry the
+settings, a single sample streams to a pipe, and bad input is one line with exit 2."""
+
+import json
+
+import pytest
+
+from test_text_train import CORPUS, TINY, vmd
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("textrun")
+    corpus = tmp / "corpus.txt"
+    corpus.write_text(CORPUS)
+    out = tmp / "run"
+    r = vmd("train", "--preset", "shakespeare-block4", "--set", f"task.file={corpus}", "--set", "train.steps=10",
+            *TINY, "--out", out)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_json_samples_keep_the_prompt_and_the_cache_changes_nothing(run):
+    args = ["sample", run, "-n", "3", "--length", "70", "-k", "2", "--prompt", "First", "--format", "json"]
+    r = vmd(*args)
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [row["index"] for row in rows] == [0, 1, 2]
+    for row in rows:
+        assert row["text"].startswith("First") and len(row["text"]) == 70  # past the 32 trained: the cache slides
+        assert row["steps_per_block"] == 2 and row["block_size"] == 4 and row["prompt"] == "First" and row["cache"]
+    assert len({row["text"] for row in rows}) == 3
+    again = [json.loads(line) for line in vmd(*args, "--no-cache", "--batch-size", "2").stdout.splitlines()]
+    assert [row["text"] for row in again] == [row["text"] for row in rows] and not again[0]["cache"]
+    plain = vmd("sample", run, "--length", "70", "-k", "2", "--prompt", "First")  # one sample, piped: the text
+    assert plain.returncode == 0 and plain.stdout == rows[0]["text"] + "\n"
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--prompt", "First\u00e9\u20ac"], "outside this run's vocabulary"),
+    (["--prompt", "First", "--length", "3"], "longer than --length 3"),
+    (["-k", "0"], "between 1 and the model's block size, 4"),
+    (["-k", "5"], "between 1 and the model's block size, 4"),
+    (["--nfe", "3"], "--steps-per-block"),
+    (["--format", "xml"], "--format must be text or json"),
+    (["--prompt-file", "/nonexistent/p.txt"], "/nonexistent/p.txt"),
+])
+def test_bad_sampling_input_is_one_line(run, args, words):
+    r = vmd("sample", run, *args)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and words in r.stderr.strip().splitlines()[-1], r.stderr
+    if "vocabulary" in words:
+        assert "'\u00e9' (U+00E9)" in r.stderr and "U+20AC" in r.stderr
+
+
+def test_text_options_on_a_model_that_is_not_text():
+    r = vmd("sample", "sudoku-mdm", "--prompt", "x", "--length", "9")
+    assert r.returncode == 2 and "--length, --prompt apply to text models" in r.stderr, r.stderr
