@@ -14,6 +14,15 @@ own z, so a valid bound pays the KL once per revealed token:
 which is what ``nelbo`` and bits per token report (for an MDM both coincide). A row with
 nothing masked contributes no KL: the denoiser copies every token, so z is unused.
 
+Unless z is drawn once for the whole reverse process. Where neither the encoder nor the prior
+reads xt (``latent.encoder_sees_mask: false`` and the N(0, I) or uniform prior), q(z | x0) and
+p(z) do not depend on the step, so the model can be read as: draw z once, then run the whole
+reverse process given z (the sampler's ``z_policy: once``). Its bound charges the KL once:
+
+    NELBO = KL(q(z | x0) || p(z)) + E_t E_xt [ w(t) * recon ]
+
+and training minimises that bound (at beta = 1): the KL is not weighted by w(t) (``kl_once``).
+
 ``diffusion.weighting: flat`` trains with w(t) = 1 in L instead (every masked token counts
 the same, whatever t); ``nelbo`` still reports the bound.
 
@@ -23,6 +32,8 @@ predicted from xt^b and the clean prefix x0^{<b} (one pass over xt ⊕ x0, vmd/m
 and a block VMD has one latent z_b per block, its KL charged to that block:
 
     NELBO = E [ sum_b w(t_b) * ( recon_b + |masked_b| * KL_b ) ]
+
+or, with z_b drawn once per block as above, ``sum_b ( KL_b + E[ w(t_b) * recon_b ] )``.
 
 Training may draw t_b from the clipped range ``diffusion.clip`` (BD3-LM's variance reduction);
 ``full_range=True`` (evaluation) always uses [t_min, 1), the bound. With one token per block
@@ -54,6 +65,12 @@ def mask_tokens(x0, t, schedule: Schedule, mask_id: int, given=None, generator=N
     return torch.where(masked, torch.full_like(x0, mask_id), x0), masked
 
 
+def kl_once(model) -> bool:
+    """Whether z is drawn once per sequence (per block) in the model's bound: neither its encoder
+    nor its prior reads xt, so q(z | x0) and p(z) are the same at every step."""
+    return model.has_latent and not model.encoder_sees_mask and model.prior_net is None
+
+
 def kl_weight(latent: LatentConfig, step: int) -> float:
     """beta, warmed up linearly from 0 over ``kl_warmup_steps``."""
     if latent.kl_warmup_steps <= 0:
@@ -81,11 +98,12 @@ class Loss:
 def latent_terms(model, x0, xt, masked, generator=None):
     """z ~ q(z | x0, xt) (differentiably; batch x blocks rows for a block VMD), the posterior's
     mean, and KL(q || prior) per block and dimension or group, (B, blocks, k); zero for blocks
-    with nothing masked."""
+    with nothing masked, unless z is drawn once (``kl_once``: then it is drawn whatever the step)."""
     b = x0.shape[0]
     q = model.encode(x0, masked)
-    active = masked.view(b, model.blocks, -1).any(-1, keepdim=True)
-    per = model.prior(xt, x0).kl(q).float().view(b, model.blocks, -1) * active
+    per = model.prior(xt, x0).kl(q).float().view(b, model.blocks, -1)
+    if not kl_once(model):
+        per = per * masked.view(b, model.blocks, -1).any(-1, keepdim=True)
     return q.rsample(generator), q.mean, per
 
 
@@ -114,7 +132,7 @@ def diffusion_loss(model, x0, schedule: Schedule, diff: DiffusionConfig, latent:
         kl = per.sum(-1)
         if latent.free_bits > 0:  # per dimension, or per group of dimensions for a mixture prior
             floor = latent.free_bits * model.latent_dim / per.shape[-1]
-            per = per.clamp(min=floor) * masked.view(b, nb, -1).any(-1, keepdim=True)
+            per = per.clamp(min=floor) * (1.0 if kl_once(model) else masked.view(b, nb, -1).any(-1, keepdim=True))
         kl_used = per.sum(-1)
 
     logits = model(xt, z, x0).float()
@@ -122,11 +140,13 @@ def diffusion_loss(model, x0, schedule: Schedule, diff: DiffusionConfig, latent:
     nll = ce.view(b, nb, -1).sum(-1)  # per block
     recon = (w * nll).sum(1)
     beta = kl_weight(latent, step)
-    # a valid bound charges the KL once per revealed token
-    nelbo = recon + (w * masked.view(b, nb, -1).sum(-1) * kl).sum(1)
+    # a valid bound charges the KL once per revealed token, or once if z is drawn once
+    charge = 1.0 if kl_once(model) else w * masked.view(b, nb, -1).sum(-1)
+    nelbo = recon + (charge * kl).sum(1)
     tokens = n if given is None else (~given).sum(1).clamp(min=1)
     return Loss(
-        loss=(w_train * (nll + beta * kl_used)).sum(1).mean(),
+        loss=((w_train * nll).sum(1) + beta * kl_used.sum(1) if kl_once(model)
+              else (w_train * (nll + beta * kl_used)).sum(1)).mean(),
         recon=recon.mean().detach(),
         latent_kl=kl.sum(1).mean().detach(),
         nelbo=nelbo.mean().detach(),
