@@ -26,3 +26,19 @@ def write_keeping_hand(out: Path, generated: str, marker: str) -> None:
     old = out.read_text() if out.exists() else ""
     kept = "\n" + old[old.index(marker):] if marker in old else ""
     out.write_text(generated + kept)
+
+
+def write_sections(out: Path, title: str, sections: dict[str, str], marker: str) -> None:
+    """Replace the ``## heading`` sections of ``out`` named in ``sections`` (heading -> body), keep
+    its other sections in their order (new ones go after them), and keep the hand-written part
+    from the heading ``marker`` on at the end: several bench runs, each making some sections."""
+    old = out.read_text() if out.exists() else ""
+    hand = old[old.index(marker):] if marker in old else ""
+    body = old[: old.index(marker)] if marker in old else old
+    kept: dict[str, str] = {}
+    for part in body.split("\n## ")[1:]:
+        heading, _, text = part.partition("\n")
+        kept[heading.strip()] = text.strip("\n")
+    kept.update({h: b.strip("\n") for h, b in sections.items()})
+    text = f"# {title}\n" + "".join(f"\n## {h}\n\n{b}\n" for h, b in kept.items())
+    out.write_text(text + ("\n" + hand if hand else ""))

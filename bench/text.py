@@ -3,9 +3,10 @@
     python bench/text.py --speed-only                 # the step-cost table (a few minutes)
     python bench/text.py --seeds 0,1,2                # train and score every preset, 3 seeds each
     python bench/text.py --steps 300 --seeds 0        # a short run of the whole pipeline
+    python bench/text.py --generation                 # the KV cache's speed and sample quality (seed-0 runs)
 
 Runs go to runs/bench-text/PRESET-sSEED (a finished run there is reused: delete it to retrain).
-Writes docs/results-text.md.
+Writes docs/results-text.md: each run replaces the sections it made and keeps the others.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from _docs import matmul_flops, write_keeping_hand
+from _docs import matmul_flops, write_sections
+from _textgen import generation_sections
 from vmd import checkpoint, config as C
 from vmd.allocator import keep_freed_memory
 from vmd.diffusion import diffusion_loss
@@ -104,25 +106,42 @@ def main() -> None:
     p.add_argument("--max-sequences", type=int, default=200, help="test sequences scored per run")
     p.add_argument("--speed-only", action="store_true", help="only the step-cost table")
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--generation", action="store_true", help="only generation: the KV cache's speed, sample quality")
+    p.add_argument("--samples", type=int, default=500, help="--generation: samples per quality row")
+    p.add_argument("--bd3", default="runs/bench-text/shakespeare-bd3-block4-s0", help="--generation: the BD3 run")
+    p.add_argument("--vmd", default="runs/bench-text/shakespeare-block4-s0", help="--generation: the block VMD run")
+    p.add_argument("--judge", default="runs/bench-text/shakespeare-ar-s0", help="--generation: the AR judge run")
     args = p.parse_args()
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         p.error(f"--seeds takes integers separated by commas, got {args.seeds!r}")
+    if args.generation:
+        return write(generation_sections(args))
     perf, mm = speed(PRESETS, args.rounds, steps=5)
-    scores = {}
+    sections = step_cost_section(args, perf, mm)
     if not args.speed_only:
-        for name in PRESETS:
-            scores[name] = [train_and_score(name, s, args.steps, args.max_sequences) for s in seeds]
-    write(args, perf, mm, scores, seeds)
+        scores = {name: [train_and_score(name, s, args.steps, args.max_sequences) for s in seeds] for name in PRESETS}
+        sections.update(bpc_section(args, scores, seeds))
+    write(sections)
 
 
-def write(args, perf, mm, scores, seeds) -> None:
-    cmd = "python bench/text.py " + " ".join(sys.argv[1:])
+def made_by() -> str:
     cpu = platform.processor() or platform.machine()
-    lines = ["# Text and block diffusion on tinyshakespeare", "",
-             f"Made by `{cmd}` on {cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}.", "",
-             "## Training step cost", "",
+    return (f"Made by `python bench/text.py {' '.join(sys.argv[1:])}` on {cpu}, {torch.get_num_threads()} torch "
+            f"threads, torch {torch.__version__}.")
+
+
+def write(sections: dict[str, str]) -> None:
+    out = ROOT / "docs" / "results-text.md"
+    write_sections(out, "Text and block diffusion on tinyshakespeare", sections, HAND)
+    for heading, body in sections.items():
+        print(f"## {heading}\n\n{body}\n")
+    print(f"wrote {out}")
+
+
+def step_cost_section(args, perf, mm) -> dict[str, str]:
+    lines = [made_by(), "",
              f"Each preset's training step (batch x length tokens; a block model runs 2L tokens through the "
              f"denoiser), median of {args.rounds} rounds of 5 steps in which the presets take turns; FLOPs counted "
              f"by torch's FlopCounterMode (forward and backward); share of a plain fp32 1024x1024 matmul timed in "
@@ -132,21 +151,22 @@ def write(args, perf, mm, scores, seeds) -> None:
     base = perf[BASE][0]
     for name, (ms, tps, gf, share, params) in perf.items():
         lines.append(f"| {name} | {params:,} | {ms:.0f} | {ms / base:.2f} | {tps:,.0f} | {gf:.1f} | {100 * share:.0f}% |")
-    if scores:
-        lines += ["", "## Test bits per character", "",
-                  f"The NELBO on the first {args.max_sequences} test sequences (128 characters each), 4 draws of the "
-                  f"times per sequence, seed 0; seeds {', '.join(map(str, seeds))} of training, "
-                  f"{'each preset' + chr(39) + 's steps' if not args.steps else f'{args.steps} steps each'}. "
-                  "Beside them, the papers' text8 numbers (method.md §6): another corpus and scale, for the ordering.",
-                  "", "| preset | BPC mean | spread (min-max) | stderr of one run | text8, paper |", "|---|---|---|---|---|"]
-        for name, runs in scores.items():
-            b = [r["bpc"] for r in runs]
-            lines.append(f"| {name} | {statistics.mean(b):.3f} | {min(b):.3f}-{max(b):.3f} | "
-                         f"{statistics.mean(r['stderr'] for r in runs):.3f} | {PAPER[name]} |")
-    out = ROOT / "docs" / "results-text.md"
-    write_keeping_hand(out, "\n".join(lines) + "\n", HAND)
-    print("\n".join(lines))
-    print(f"\nwrote {out}")
+    return {"Training step cost": "\n".join(lines)}
+
+
+def bpc_section(args, scores, seeds) -> dict[str, str]:
+    lines = [made_by(), "",
+             f"The NELBO on the first {args.max_sequences} test sequences (128 characters each), 4 draws of the "
+             f"times per sequence, seed 0; seeds {', '.join(map(str, seeds))} of training, "
+             f"{'each preset' + chr(39) + 's steps' if not args.steps else f'{args.steps} steps each'}. "
+             "Beside them, the papers' text8 numbers (method.md §6): another corpus and scale, for the ordering.",
+             "", "| preset | BPC mean | spread (min-max) | runs | stderr of one run | text8, paper |",
+             "|---|---|---|---|---|---|"]
+    for name, runs in scores.items():
+        b = [r["bpc"] for r in runs]
+        lines.append(f"| {name} | {statistics.mean(b):.3f} | {min(b):.3f}-{max(b):.3f} | {len(b)} | "
+                     f"{statistics.mean(r['stderr'] for r in runs):.3f} | {PAPER[name]} |")
+    return {"Test bits per character": "\n".join(lines)}
 
 
 if __name__ == "__main__":

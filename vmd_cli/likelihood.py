@@ -3,7 +3,7 @@ bits per character (or per token), with its standard error, and for a VMD the la
 
 from __future__ import annotations
 
-from vmd_cli.main import err, fail, show_metrics
+from vmd_cli.main import err, fail, model_label, show_metrics
 
 
 def eval_likelihood(model, cfg, step, dev, task, run_dir, *, split: str, max_sequences, draws: int, seed,
@@ -26,7 +26,7 @@ def eval_likelihood(model, cfg, step, dev, task, run_dir, *, split: str, max_seq
               "block_size": model.block_size}
     if model.has_latent:
         result.update(latent_stats(model, sequences[:1024], None, cfg, seed=seed or 0, device=dev))
-    show_metrics(result, f"{cfg.method.upper()} text, step {step}: {split} split, bits per {unit}", str(run_dir),
+    show_metrics(result, f"{model_label(cfg, model)} text, step {step}: {split} split, bits per {unit}", str(run_dir),
                  as_json)
     if as_json:
         return

@@ -156,6 +156,15 @@ def parse_ints(text: Optional[str], option: str) -> Optional[list[int]]:
     return values
 
 
+def model_label(cfg: C.Config, model) -> str:
+    """What a model is, as papers name it: MDM, VMD, AR, BD3 block B or block VMD block B."""
+    if model.block_size == 1:
+        return "AR"
+    if model.blocks > 1:
+        return f"{'block VMD' if model.has_latent else 'BD3'} block {model.block_size}"
+    return cfg.method.upper()
+
+
 def task_label(cfg: C.Config) -> str:
     return f"synthetic/{cfg.task.kind}" if cfg.task.name == "synthetic" else cfg.task.name
 

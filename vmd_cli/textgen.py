@@ -150,8 +150,8 @@ def eval_quality(model, cfg, step, dev, task, source: str, *, samples: int, step
     unigram entropy, one row per steps-per-block, beside the same measures of the test split."""
     import time
 
-    from vmd.evaluate import draw_samples, judge_nll
-    from vmd_cli.main import show_metrics
+    from vmd.evaluate import draw_samples, sample_quality
+    from vmd_cli.main import model_label
     from vmd_cli.progress import progress_bar
 
     steps_list = steps_list or [k for k in (1, 2, 4) if k <= model.block_size]
@@ -162,10 +162,7 @@ def eval_quality(model, cfg, step, dev, task, source: str, *, samples: int, step
         fail(f"the judge reads {judge.length} tokens, this model makes {model.length}")
 
     def measure(x):
-        m = {"gen_ppl": float(torch.tensor(judge_nll(judge, x, batch_size, dev)).exp())}
-        m.update(task.word_validity(x))
-        m["unigram_entropy_bits"] = task.metrics(x)["unigram_entropy_bits"]
-        return m
+        return sample_quality(x, task, judge, batch_size, dev)
 
     rows = [{"steps_per_block": "test data", **measure(task.eval_sequences("test", samples)), "samples_per_s": None}]
     for k in steps_list:
@@ -183,7 +180,7 @@ def eval_quality(model, cfg, step, dev, task, source: str, *, samples: int, step
         return
     from rich.table import Table
 
-    table = Table(title=f"{cfg.method.upper()} text, step {step}: {samples} samples of {model.length} tokens, "
+    table = Table(title=f"{model_label(cfg, model)} text, step {step}: {samples} samples of {model.length} tokens, "
                         f"seed {sc.seed}, temperature {sc.temperature}, {sc.strategy} order",
                   caption=f"{source}; gen-PPL under {judge_name}; words of the training split")
     for col in ("steps / block", "gen-PPL", "word validity", "unigram entropy (bits)", "samples / s"):
