@@ -1,10 +1,13 @@
-"""Ship trained Sudoku runs inside the package and record where they came from.
+"""Ship trained runs inside the package and record where they came from.
 
     python bench/bundle.py --vmd runs/sudoku-vmd-tiny --mdm runs/sudoku-mdm-tiny
+    python bench/bundle.py --text-bd3 runs/shakespeare-bd3-block4 --text-vmd runs/shakespeare-block4 \
+        --text-ar runs/shakespeare-ar
 
-Copies each run's model.safetensors (EMA weights, config and step in its header) to
-vmd/models/sudoku-{vmd,mdm}.safetensors and writes docs/bundled-models.md: the preset the
-run matches, steps, parameters, device, training time, versions, file size and SHA-256.
+Copies each run's model.safetensors (EMA weights, config, step and the task's vocabulary in its
+header) to vmd/models/NAME.safetensors and writes docs/bundled-models.md: the preset the run
+matches, steps, parameters, device, training time, versions, file size and SHA-256 (the rows of
+models not given this time are kept). All bundled files together stay under the limit.
 A model whose fp32 file is over the size limit (the GPU presets' VMD: 10.6M parameters,
 40 MiB) is stored with fp16 weights instead, and says so; --half stores both that way.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import platform
+import re
 from datetime import date
 from pathlib import Path
 
@@ -24,12 +28,14 @@ from _docs import write_keeping_hand
 from vmd import checkpoint, config as C
 
 ROOT = Path(__file__).resolve().parent.parent
-LIMIT_MB = 25
+LIMIT_MB = 25  # all bundled models together
+SLOTS = {"vmd": ("sudoku-vmd", "sudoku"), "mdm": ("sudoku-mdm", "sudoku"), "text_bd3": ("shakespeare-bd3-block4", "text"),
+         "text_vmd": ("shakespeare-block4", "text"), "text_ar": ("shakespeare-ar", "text")}
 HAND = "## How they were trained (written by hand"
 
 
 def preset_of(run_dir: Path, cfg: C.Config) -> str:
-    name = run_dir.name
+    name = re.sub(r"-s\d+$", "", run_dir.name)  # bench/text.py's runs are PRESET-sSEED
     if name not in C.list_presets():
         return "its own config (see the file's header)"
     return f"`{name}` as bundled" if C.load(name) == cfg else f"`{name}` with changes"
@@ -45,52 +51,69 @@ def logit_change(model, bundled: Path) -> float:
     """Largest change of the logits on 64 half-masked test inputs between the run's weights and the bundled file's."""
     copy = checkpoint.load_model(bundled)[0]
     g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, model.mask_id, (64, model.length), generator=g)
-    x = torch.where(torch.rand(x.shape, generator=g) < 0.5, torch.full_like(x, model.mask_id), x)
-    z = model.sample_z(x, torch.Generator().manual_seed(1))
-    return float((model(x, z) - copy(x, z)).abs().max())
+    x0 = torch.randint(0, model.mask_id, (64, model.length), generator=g)
+    x = torch.where(torch.rand(x0.shape, generator=g) < 0.5, torch.full_like(x0, model.mask_id), x0)
+    clean = x0 if model.blocks > 1 else None  # a block model reads each block's clean prefix
+    z = model.sample_z(x, torch.Generator().manual_seed(1), clean)
+    return float((model(x, z, clean) - copy(x, z, clean)).abs().max())
+
+
+def old_rows(path: Path) -> dict[str, str]:
+    """The table rows of the current page, by model name."""
+    if not path.exists():
+        return {}
+    return {line.split("|")[1].strip(): line for line in path.read_text().splitlines()
+            if line.startswith("| ") and line.split("|")[1].strip() in {n for n, _ in SLOTS.values()}}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--vmd", type=Path, required=True)
-    ap.add_argument("--mdm", type=Path, required=True)
+    for slot, (name, _) in SLOTS.items():
+        ap.add_argument("--" + slot.replace("_", "-"), type=Path, help=f"the run to ship as {name}")
     ap.add_argument("--half", action="store_true", help="store the weights as fp16 even where fp32 fits the limit")
     args = ap.parse_args()
-    rows = []
-    for name, run_dir in (("sudoku-vmd", args.vmd), ("sudoku-mdm", args.mdm)):
+    page = ROOT / "docs" / "bundled-models.md"
+    rows = old_rows(page)
+    given = [(name, kind, getattr(args, slot)) for slot, (name, kind) in SLOTS.items() if getattr(args, slot)]
+    if not given:
+        ap.error("name at least one run to bundle")
+    versions = {}
+    for name, kind, run_dir in given:
         model, cfg, step = checkpoint.load_model(run_dir)
-        if cfg.task.name != "sudoku":
-            raise SystemExit(f"{run_dir} is not a Sudoku run")
+        if cfg.task.name != kind:
+            raise SystemExit(f"{run_dir} is not a {kind} run")
         src = run_dir / checkpoint.MODEL_FILE
         dst = ROOT / "vmd" / "models" / f"{name}.safetensors"
         checkpoint.export_model(src, dst, half=args.half or src.stat().st_size / 2**20 > LIMIT_MB)
         dtype = "fp16" if stored_half(dst) else "fp32"  # also fp16 where the run's own file is (bench/gpu_session.py)
         size = dst.stat().st_size / 2**20
-        if size > LIMIT_MB:
-            dst.unlink()
-            raise SystemExit(f"{src} is {size:.1f} MB even in fp16, over the {LIMIT_MB} MB limit for a bundled model")
         shift = logit_change(model, dst)
         meta = checkpoint.read_meta(run_dir)
-        rows.append((name, preset_of(run_dir, cfg), step, sum(p.numel() for p in model.parameters()), meta, size,
-                     hashlib.sha256(dst.read_bytes()).hexdigest(), dtype))
+        versions = meta.get("versions", {})
+        minutes = float(meta.get("elapsed_s", float("nan"))) / 60
+        sha = hashlib.sha256(dst.read_bytes()).hexdigest()
+        rows[name] = (f"| {name} | {preset_of(run_dir, cfg)} | {step} | {sum(p.numel() for p in model.parameters()):,} | "
+                      f"{meta.get('device', '?')} | {minutes:.0f} min | {size:.1f} MB | {dtype} | `{sha[:16]}...` |")
         print(f"{dst}: {size:.1f} MB ({dtype}), step {step}; largest logit change {shift:.2e}")
+    total = sum(p.stat().st_size for p in (ROOT / "vmd" / "models").glob("*.safetensors")) / 2**20
+    if total > LIMIT_MB:
+        raise SystemExit(f"the bundled models take {total:.1f} MB together, over the {LIMIT_MB} MB limit")
     lines = ["# Bundled models", "",
-             "`vmd solve` and `vmd play` use these two models when no `--model` is given. They ship inside the "
-             "package as `vmd/models/sudoku-{vmd,mdm}.safetensors`: the EMA weights of a `vmd train` run, with the "
-             "resolved config and the step in the file's header (no pickled code).", "",
+             "Models that ship inside the package as `vmd/models/NAME.safetensors`: the EMA weights of a `vmd train` "
+             "run, with the resolved config, the step and the task's vocabulary in the file's header (no pickled "
+             "code). `vmd solve` and `vmd play` use the Sudoku ones when no model is given; `vmd sample` and "
+             "`vmd play --text` the text ones; `vmd eval --samples` takes `shakespeare-ar` as its default judge.", "",
              "| model | trained from | steps | parameters | device | training time | file | weights | SHA-256 |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for name, preset, step, params, meta, size, sha, dtype in rows:
-        minutes = float(meta.get("elapsed_s", float("nan"))) / 60
-        lines.append(f"| {name} | {preset} | {step} | {params:,} | {meta.get('device', '?')} | {minutes:.0f} min | "
-                     f"{size:.1f} MB | {dtype} | `{sha[:16]}...` |")
-    versions = rows[0][4].get("versions", {})
-    lines += ["", f"Bundled on {date.today()} by `python bench/bundle.py --vmd {args.vmd} --mdm {args.mdm}`; trained "
-              f"with torch {versions.get('torch', '?')} on this repository's machine ({platform.machine()}, "
-              f"{torch.get_num_threads()} CPU threads visible here). Accuracy: docs/results-sudoku.md."]
-    write_keeping_hand(ROOT / "docs" / "bundled-models.md", "\n".join(lines) + "\n", HAND)
-    print("wrote docs/bundled-models.md")
+    lines += [rows[name] for name, _ in SLOTS.values() if name in rows]
+    cmd = "python bench/bundle.py " + " ".join(f"--{s.replace('_', '-')} {getattr(args, s)}" for s in SLOTS
+                                               if getattr(args, s))
+    lines += ["", f"Last bundled on {date.today()} by `{cmd}`; trained with torch {versions.get('torch', '?')} on this "
+              f"repository's machine ({platform.machine()}, {torch.get_num_threads()} CPU threads visible here). "
+              f"Together {total:.1f} MB (limit {LIMIT_MB} MB). Accuracy: docs/results-sudoku.md; text: "
+              "docs/results-text.md."]
+    write_keeping_hand(page, "\n".join(lines) + "\n", HAND)
+    print(f"wrote {page}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Models shipped inside the package, so that ``vmd solve`` and ``vmd play`` work offline.
+"""Models shipped inside the package, so that ``vmd solve``, ``vmd sample`` and ``vmd play`` work offline.
 
 Each is one ``model.safetensors`` file as ``vmd train`` writes it (EMA weights, the config
 and the step in its header; no pickled code). Provenance: docs/bundled-models.md.
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from vmd.errors import CheckpointError
 
-BUNDLED = ("sudoku-vmd", "sudoku-mdm")
+BUNDLED = ("sudoku-vmd", "sudoku-mdm", "shakespeare-block4", "shakespeare-bd3-block4", "shakespeare-ar")
 NAMES_HELP = "a run directory, a model .safetensors file or a bundled model (" + ", ".join(BUNDLED) + ")"
 
 
