@@ -3,6 +3,8 @@ script that makes them, and the plain matmul rate that speeds are measured again
 
 from __future__ import annotations
 
+import platform
+import sys
 import time
 from pathlib import Path
 
@@ -42,3 +44,10 @@ def write_sections(out: Path, title: str, sections: dict[str, str], marker: str)
     kept.update({h: b.strip("\n") for h, b in sections.items()})
     text = f"# {title}\n" + "".join(f"\n## {h}\n\n{b}\n" for h, b in kept.items())
     out.write_text(text + ("\n" + hand if hand else ""))
+
+
+def made_by(script: str) -> str:
+    """The line that says which command made a results section, where, and with which torch."""
+    cpu = platform.processor() or platform.machine()
+    return (f"Made by `python {script} {' '.join(sys.argv[1:])}` on {cpu}, {torch.get_num_threads()} torch "
+            f"threads, torch {torch.__version__}.")

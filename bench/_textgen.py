@@ -8,6 +8,7 @@ import time
 
 import torch
 
+from _docs import made_by as _made_by
 from vmd import checkpoint, config as C
 from vmd.blockwise import generate_blocks, sample_generators
 from vmd.evaluate import draw_samples, sample_quality
@@ -62,10 +63,8 @@ def quality(runs: dict[str, str], judge_run: str, samples: int, steps=(1, 2, 4))
     return rows
 
 def generation_sections(args) -> dict[str, str]:
-    from text import made_by  # the bench's own header line
-
     speed = cache_speed(args.rounds)
-    lines = [made_by(), "",
+    lines = [_made_by("bench/text.py"), "",
              f"`{SPEED_PRESET}`'s model at L = {SPEED_LENGTH} (blocks of 4, its initial weights), {SPEED_BATCH} "
              f"samples of {SPEED_LENGTH} characters at once, block by block (vmd/blockwise.py); median of "
              f"{args.rounds} rounds in which the four cases take turns. Cached: each step runs the model on the "
@@ -78,7 +77,7 @@ def generation_sections(args) -> dict[str, str]:
         lines.append(f"| {k} | {cs:.2f} | {ct:,.0f} | {us:.2f} | {ut:,.0f} | {ratio:.1f}x |")
     sections = {"Generation: the KV cache": "\n".join(lines)}
     rows = quality({"BD3 block 4": args.bd3, "block VMD block 4": args.vmd}, args.judge, args.samples)
-    lines = [made_by(), "",
+    lines = [_made_by("bench/text.py"), "",
              f"{args.samples} samples of 128 characters per row, no prompt, sampling seed 0 (one random stream per "
              "sample), temperature 1, random unmasking order, z drawn once per block. gen-PPL: the perplexity "
              f"of the samples under the autoregressive run `{args.judge}`; word validity: the share of words (runs of "

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +21,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+import _docs
 from _docs import matmul_flops, write_sections
 from _textgen import generation_sections
 from vmd import checkpoint, config as C
@@ -127,9 +126,7 @@ def main() -> None:
 
 
 def made_by() -> str:
-    cpu = platform.processor() or platform.machine()
-    return (f"Made by `python bench/text.py {' '.join(sys.argv[1:])}` on {cpu}, {torch.get_num_threads()} torch "
-            f"threads, torch {torch.__version__}.")
+    return _docs.made_by("bench/text.py")
 
 
 def write(sections: dict[str, str]) -> None:
