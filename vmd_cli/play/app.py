@@ -1,5 +1,5 @@
-"""``vmd play``: a Textual app with one screen per task (Sudoku now; text later) and shared
-modal screens (help, puzzle entry)."""
+"""``vmd play``: a Textual app with one screen per task (Sudoku, text) and shared modal screens
+(help, puzzle entry)."""
 
 from __future__ import annotations
 
@@ -32,14 +32,19 @@ class HelpScreen(ModalScreen):
                                   border: round $primary; background: $surface; padding: 0 1; }
     """
 
+    def __init__(self, intro: str = INTRO, keys=KEYS):
+        """The Sudoku screen's help unless a screen gives its own (its ``PLAY_HELP``: intro, keys)."""
+        super().__init__()
+        self.intro, self.keys = intro, keys
+
     def compose(self) -> ComposeResult:
         table = Table.grid(padding=(0, 2))
         table.add_column(style="bold cyan", no_wrap=True)
         table.add_column()
-        for key, what in KEYS:
+        for key, what in self.keys:
             table.add_row(key, what)
         with VerticalScroll():
-            yield Static(INTRO + "\n")
+            yield Static(self.intro + "\n")
             yield Static(table)
             yield Static("\n[dim]escape closes[/]")
 
@@ -78,7 +83,7 @@ class PuzzleInput(ModalScreen[Puzzle | None]):
 
 
 class PlayApp(App):
-    """Hosts one task screen; a text screen will sit beside the Sudoku one."""
+    """Hosts one task screen (Sudoku or text)."""
 
     TITLE = "vmd play"
     ENABLE_COMMAND_PALETTE = False  # the footer needs the room; every action has its own key
@@ -91,4 +96,4 @@ class PlayApp(App):
         self.push_screen(self.screen_factory())
 
     def action_help(self) -> None:
-        self.push_screen(HelpScreen())
+        self.push_screen(HelpScreen(*getattr(self.screen, "PLAY_HELP", (INTRO, KEYS))))
