@@ -85,7 +85,9 @@ def likelihood(model, sequences: torch.Tensor, cfg: Config, *, draws: int = 4, s
     KL is charged with weight 1 (``vmd/diffusion.py``), times come from the full range [t_min, 1)
     (never the training clip), ``draws`` independent draws of the times and masks per sequence
     (stratified over each batch's sequences x blocks), from a generator seeded by ``seed``. The
-    standard error is over sequences, of their mean over draws."""
+    standard error is over sequences, of their mean over draws. An autoregressive model (one token per
+    block) has no times to draw: its exact NLL is computed once."""
+    draws = 1 if model.block_size == 1 else draws
     gen = torch.Generator(device=device).manual_seed(seed)
     schedule = make_schedule(cfg.diffusion.schedule)
     per_sequence = []

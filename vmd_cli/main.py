@@ -227,14 +227,22 @@ def eval_cmd(
     if device is not None:
         C.from_dict({"device": {"device": device}})
     model, cfg, step, dev, task = load_any(run_dir, device, with_task=True)
-    if hasattr(task, "eval_sequences") and (samples is not None or steps_per_block is not None):
+    text = hasattr(task, "eval_sequences")
+    inapplicable = {"--nfe": nfe, "--data": data, "--givens": None if givens == "30-36" else givens,
+                    "--restarts": restarts or None} if text else {
+                    "--steps-per-block": steps_per_block, "--judge": judge, "--max-sequences": max_sequences,
+                    "--split": None if split == "test" else split}
+    given = [k for k, v in inapplicable.items() if v is not None]
+    if given:
+        fail(f"{', '.join(given)} {'do' if len(given) > 1 else 'does'} not apply to {task_label(cfg)} models")
+    if text and (samples is not None or steps_per_block is not None):
         from vmd_cli.textgen import eval_quality
 
         sc = _sample_config(cfg, strategy=strategy, temperature=temperature, z_policy=z_policy, seed=seed)
         return eval_quality(model, cfg, step, dev, task, run_dir, samples=samples or 200,
                             steps_list=parse_ints(steps_per_block, "--steps-per-block"), judge_source=judge, sc=sc,
                             batch_size=batch_size, as_json=as_json)
-    if hasattr(task, "eval_sequences"):
+    if text:
         from vmd_cli.likelihood import eval_likelihood
 
         return eval_likelihood(model, cfg, step, dev, task, run_dir, split=split, max_sequences=max_sequences,

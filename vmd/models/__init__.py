@@ -21,7 +21,7 @@ def bundled_path(name: str) -> Path:
     path = Path(str(resources.files(__name__) / f"{name}.safetensors"))
     if not path.is_file():
         raise CheckpointError(f"the bundled model {name} is missing from this install ({path}); "
-                              "reinstall vmd, or pass --model RUN_DIR")
+                              "reinstall vmd, or give a run directory in its place")
     return path
 
 
