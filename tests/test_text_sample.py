@@ -55,3 +55,34 @@ def test_bad_sampling_input_is_one_line(run, args, words):
 def test_text_options_on_a_model_that_is_not_text():
     r = vmd("sample", "sudoku-mdm", "--prompt", "x", "--length", "9")
     assert r.returncode == 2 and "--length, --prompt apply to text models" in r.stderr, r.stderr
+
+
+@pytest.fixture(scope="module")
+def judge(run):
+    out = run.parent / "judge"
+    r = vmd("train", "--preset", "shakespeare-ar", "--set", f"task.file={run.parent / 'corpus.txt'}",
+            "--set", "train.steps=10", *TINY, "--out", out)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_eval_scores_samples_at_each_steps_per_block_under_a_named_judge(run, judge):
+    r = vmd("eval", run, "--samples", "6", "-k", "1,4", "--judge", judge, "--json")
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout)
+    assert m["judge"] == str(judge) and m["samples"] == 6 and m["block_size"] == 4
+    data, *rows = m["rows"]
+    assert data["steps_per_block"] == "test data" and [row["steps_per_block"] for row in rows] == [1, 4]
+    for row in m["rows"]:
+        assert row["gen_ppl"] > 1 and 0 <= row["word_validity"] <= 1 and row["unigram_entropy_bits"] > 0
+    assert data["word_validity"] > 0.9  # the corpus's own words
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--nfe", "3"], "--nfe does not apply to text models"),
+    (["--samples", "4", "--judge", "sudoku-mdm"], "another vocabulary"),
+    (["--samples", "4", "-k", "8"], "between 1 and the model's block size"),
+])
+def test_bad_eval_input_is_one_line(run, args, words):
+    r = vmd("eval", run, *args)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and words in r.stderr.strip().splitlines()[-1], r.stderr
