@@ -13,17 +13,6 @@ from textual.widgets import Input, Label, Static
 from vmd.errors import DataError
 from vmd.sudoku.grid import Puzzle, parse
 
-INTRO = ("MDM left, VMD right: the same puzzle, NFE, strategy and seed. A cell's colour is the step "
-         "that filled it; this step's cells are reversed; givens are bold; red breaks a rule.")
-KEYS = (
-    ("space", "one step"), ("p", "play / pause"), ("r", "back to step 0"), ("+ / -", "faster / slower"),
-    ("] / [", "more / fewer steps (NFE 1, 2, 3, 5, 10, 20, 50)"), ("s", "next strategy"),
-    ("z", "new latent z for the VMD, run again from the start"), ("g / h", "new puzzle, easy / hard"),
-    ("f", "next puzzle from the --puzzle file"), ("e", "enter or paste a puzzle"), ("?", "this help"),
-    ("q", "quit"),
-)
-
-
 class HelpScreen(ModalScreen):
     BINDINGS = [Binding("escape,question_mark,q", "app.pop_screen", "close")]
     DEFAULT_CSS = """
@@ -32,8 +21,8 @@ class HelpScreen(ModalScreen):
                                   border: round $primary; background: $surface; padding: 0 1; }
     """
 
-    def __init__(self, intro: str = INTRO, keys=KEYS):
-        """The Sudoku screen's help unless a screen gives its own (its ``PLAY_HELP``: intro, keys)."""
+    def __init__(self, intro: str, keys):
+        """A task screen's help: its ``PLAY_HELP`` (intro, (key, what) pairs)."""
         super().__init__()
         self.intro, self.keys = intro, keys
 
@@ -96,4 +85,4 @@ class PlayApp(App):
         self.push_screen(self.screen_factory())
 
     def action_help(self) -> None:
-        self.push_screen(HelpScreen(*getattr(self.screen, "PLAY_HELP", (INTRO, KEYS))))
+        self.push_screen(HelpScreen(*self.screen.PLAY_HELP))

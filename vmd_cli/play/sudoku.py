@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -18,17 +17,21 @@ from vmd.sudoku.grid import Puzzle, is_solved
 from vmd.sudoku.solve import Trace, trace
 from vmd.sudoku.solver import make_puzzle
 from vmd_cli.play.board import Board, status_line
+from vmd_cli.play.playback import SPEED_BINDINGS, STEP_BINDINGS, Playback, key_hint
 
 NFES = (1, 2, 3, 5, 10, 20, 50)
-SPEEDS = (2.0, 1.0, 0.5, 0.25, 0.1)  # seconds per step
 LEVELS = {"easy": (30, 36), "hard": (22, 26)}
+INTRO = ("MDM left, VMD right: the same puzzle, NFE, strategy and seed. A cell's colour is the step "
+         "that filled it; this step's cells are reversed; givens are bold; red breaks a rule.")
+KEYS = (
+    ("space", "one step"), ("p", "play / pause"), ("r", "back to step 0"), ("+ / -", "faster / slower"),
+    ("] / [", "more / fewer steps (NFE 1, 2, 3, 5, 10, 20, 50)"), ("s", "next strategy"),
+    ("z", "new latent z for the VMD, run again from the start"), ("g / h", "new puzzle, easy / hard"),
+    ("f", "next puzzle from the --puzzle file"), ("e", "enter or paste a puzzle"), ("?", "this help"),
+    ("q", "quit"),
+)
 KEYS_SHORT = (("space", "step"), ("p", "play"), ("r", "reset"), ("z", "new z"), ("] [", "NFE"), ("s", "strategy"),
               ("+ -", "speed"), ("g h", "easy/hard"), ("f", "file"), ("e", "enter"), ("?", "help"), ("q", "quit"))
-
-
-def key_hint() -> Text:
-    """Every key on one or two lines, so that all show even when the footer is too narrow."""
-    return Text("  ").join(Text.assemble((key, "bold cyan"), " ", what) for key, what in KEYS_SHORT)
 
 
 @dataclass
@@ -48,22 +51,22 @@ class Settings:
     nfe: int = 10
     strategy: str = "top-margin"
     seed: int = 0
-    speed: int = 2  # index into SPEEDS
+    speed: int = 2  # index into playback.SPEEDS
     puzzles: list[Puzzle] = field(default_factory=list)  # from --puzzle FILE
     next_in_file: int = 0
 
 
-class SudokuScreen(Screen):
+class SudokuScreen(Playback, Screen):
+    """The Sudoku task: ``pos`` (Playback's frame shown) is the step, 0 to the NFE."""
+
+    PLAY_HELP = (INTRO, KEYS)  # for the help screen (app.py)
     BINDINGS = [  # all in the footer (it scrolls sideways when narrow) and on the help screen
-        Binding("space", "step", "step"),
-        Binding("p", "play", "play"),
-        Binding("r", "reset", "reset"),
+        *STEP_BINDINGS,
         Binding("z", "new_z", "new z"),
         Binding("right_square_bracket", "nfe(1)", "NFE+"),
         Binding("left_square_bracket", "nfe(-1)", "NFE-"),
         Binding("s", "strategy", "strategy"),
-        Binding("plus,equals_sign", "speed(1)", "faster", key_display="+"),
-        Binding("minus", "speed(-1)", "slower", key_display="-"),
+        *SPEED_BINDINGS,
         Binding("g", "generate('easy')", "easy"),
         Binding("h", "generate('hard')", "hard"),
         Binding("f", "next_from_file", "file"),
@@ -88,9 +91,6 @@ class SudokuScreen(Screen):
         self.sides = {"mdm": Side(mdm[2], mdm[0], mdm[1]), "vmd": Side(vmd[2], vmd[0], vmd[1])}
         self.settings = settings
         self.puzzle = puzzle
-        self.step = 0
-        self.playing = False
-        self.timer = None
         self.rng = random.Random(settings.seed)
 
     def compose(self) -> ComposeResult:
@@ -101,7 +101,7 @@ class SudokuScreen(Screen):
                     yield Board(id=f"board-{key}")
                     yield Static("", classes="status", id=f"status-{key}")
         yield Static("", id="info")
-        yield Static(key_hint(), id="keys")
+        yield Static(key_hint(KEYS_SHORT), id="keys")
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
@@ -109,7 +109,7 @@ class SudokuScreen(Screen):
 
     # --- sampling, off the UI thread ------------------------------------------------------
     def recompute(self, which=("mdm", "vmd")) -> None:
-        self.step = 0
+        self.pos = 0
         for key in which:
             self.sides[key].trace = None
         self.refresh_view()
@@ -139,59 +139,28 @@ class SudokuScreen(Screen):
     def refresh_view(self) -> None:
         roomy = self.app.size.width >= 100 and self.app.size.height >= 30
         for key, side in self.sides.items():
-            self.query_one(f"#board-{key}", Board).show(side.trace, self.step, roomy)
-            self.query_one(f"#status-{key}", Static).update(status_line(side.trace, self.step, side.solved))
+            self.query_one(f"#board-{key}", Board).show(side.trace, self.pos, roomy)
+            self.query_one(f"#status-{key}", Static).update(status_line(side.trace, self.pos, side.solved))
             title = side.name if key == "mdm" else f"{side.name} · z draw {side.draws + 1}"
             self.query_one(f"#title-{key}", Label).update(title)
         s = self.settings
-        state = "playing" if self.playing else "paused"
         self.query_one("#info", Static).update(
             f"{self.puzzle.source} ({self.puzzle.givens} givens) · NFE {s.nfe} · {s.strategy} · seed {s.seed} · "
-            f"{SPEEDS[s.speed]:g}s/step · {state}")
+            f"{self.play_state()}")
 
+    # --- what Playback asks for -------------------------------------------------------------
     def ready(self) -> bool:
         return all(side.trace is not None for side in self.sides.values())
 
+    def last(self) -> int:
+        return self.settings.nfe
+
+    @property
+    def step(self) -> int:
+        """The step shown (Playback's ``pos``)."""
+        return self.pos
+
     # --- actions ----------------------------------------------------------------------------
-    def action_step(self) -> None:
-        if self.ready() and self.step < self.settings.nfe:
-            self.step += 1
-            self.refresh_view()
-
-    def action_play(self) -> None:
-        self.playing = not self.playing
-        if self.playing and self.step >= self.settings.nfe:
-            self.step = 0
-        self._restart_timer()
-        self.refresh_view()
-
-    def _restart_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.stop()
-            self.timer = None
-        if self.playing:
-            self.timer = self.set_interval(SPEEDS[self.settings.speed], self._tick)
-
-    def _tick(self) -> None:
-        if not self.ready():
-            return
-        self.step = min(self.step + 1, self.settings.nfe)
-        if self.step == self.settings.nfe:  # the end: stop here
-            self.playing = False
-            self._restart_timer()
-        self.refresh_view()
-
-    def action_reset(self) -> None:
-        self.step = 0
-        self.playing = False
-        self._restart_timer()
-        self.refresh_view()
-
-    def action_speed(self, delta: int) -> None:
-        self.settings.speed = max(0, min(len(SPEEDS) - 1, self.settings.speed + delta))
-        self._restart_timer()
-        self.refresh_view()
-
     def action_nfe(self, delta: int) -> None:
         i = max(j for j, v in enumerate(NFES) if v <= self.settings.nfe)  # --nfe 7 steps from 5
         self.settings.nfe = NFES[max(0, min(len(NFES) - 1, i + delta))]

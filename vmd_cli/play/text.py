@@ -17,7 +17,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input, Label, Static
 
 from vmd.errors import DataError
-from vmd_cli.play.sudoku import SPEEDS
+from vmd_cli.play.playback import SPEED_BINDINGS, STEP_BINDINGS, Playback, key_hint
 
 DEFAULT_BD3 = "shakespeare-bd3-block4"
 DEFAULT_VMD = "shakespeare-block4"
@@ -69,7 +69,7 @@ class TextSettings:
     strategy: str
     temperature: float
     z_policy: str
-    speed: int = 2  # index into SPEEDS
+    speed: int = 2  # index into playback.SPEEDS
 
 
 def trace_text(model, prefix: torch.Tensor, s: TextSettings, seed: int, schedule) -> list[Frame]:
@@ -148,18 +148,17 @@ def build_text_app(bd3: Optional[str] = None, vmd: Optional[str] = None, prompt:
     return PlayApp(lambda: TextScreen(sides[0], sides[1], right[2], settings))
 
 
-class TextScreen(Screen):
+class TextScreen(Playback, Screen):
+    """The text task: ``pos`` (Playback's frame shown) counts the steps of all blocks, the first frame before any."""
+
     AUTO_FOCUS = ""  # keys go to the screen; e (or a click) goes to the prompt
     PLAY_HELP = (INTRO, KEYS)  # for the help screen (app.py)
     BINDINGS = [
-        Binding("space", "step", "step"),
-        Binding("p", "play", "play"),
-        Binding("r", "reset", "reset"),
+        *STEP_BINDINGS,
         Binding("z", "new_z", "new z"),
         Binding("right_square_bracket", "steps(1)", "steps+"),
         Binding("left_square_bracket", "steps(-1)", "steps-"),
-        Binding("plus,equals_sign", "speed(1)", "faster", key_display="+"),
-        Binding("minus", "speed(-1)", "slower", key_display="-"),
+        *SPEED_BINDINGS,
         Binding("e", "edit", "prompt"),
         Binding("question_mark", "app.help", "help", key_display="?"),
         Binding("q", "app.quit", "quit"),
@@ -184,9 +183,6 @@ class TextScreen(Screen):
         self.text_task, self.settings = task, settings
         self.block_size = min(bd3.model.block_size, vmd.model.block_size)
         self.prompt_ids = task.encode_prompt(settings.prompt)
-        self.pos = 0  # the frame shown
-        self.playing = False
-        self.timer = None
         self.job = 0  # the newest run asked for: an older one's result is dropped
 
     def compose(self) -> ComposeResult:
@@ -203,7 +199,7 @@ class TextScreen(Screen):
                         yield Static("", id=f"text-{key}")
                     yield Static("", classes="status", id=f"status-{key}")
         yield Static("", id="info")
-        yield Static(Text("  ").join(Text.assemble((k, "bold cyan"), " ", w) for k, w in KEYS_SHORT), id="keys")
+        yield Static(key_hint(KEYS_SHORT), id="keys")
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
@@ -242,6 +238,7 @@ class TextScreen(Screen):
             self.sides[key].frames = f
         self.refresh_view()
 
+    # --- what Playback asks for -------------------------------------------------------------
     def ready(self) -> bool:
         return all(side.frames is not None for side in self.sides.values())
 
@@ -275,10 +272,9 @@ class TextScreen(Screen):
             blocks = len(frame.ids) // side.model.block_size
             done = " · done" if self.pos >= len(side.frames) - 1 else ""
             status.update(f"block {frame.block + 1}/{blocks} · step {frame.index}/{frame.steps}{done}")
-        state = "playing" if self.playing else "paused"
         self.query_one("#info", Static).update(
             f"{s.steps}/{self.block_size} steps per block · {s.length} tokens · {s.strategy} · seed {s.seed} · "
-            f"{SPEEDS[s.speed]:g}s/step · {state}")
+            f"{self.play_state()}")
 
     def show_error(self, message: str) -> None:
         error = self.query_one("#error", Static)
@@ -286,45 +282,6 @@ class TextScreen(Screen):
         error.display = bool(message)
 
     # --- actions ----------------------------------------------------------------------------
-    def action_step(self) -> None:
-        if self.ready() and self.pos < self.last():
-            self.pos += 1
-            self.refresh_view()
-
-    def action_play(self) -> None:
-        self.playing = not self.playing
-        if self.playing and self.ready() and self.pos >= self.last():
-            self.pos = 0
-        self._restart_timer()
-        self.refresh_view()
-
-    def _restart_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.stop()
-            self.timer = None
-        if self.playing:
-            self.timer = self.set_interval(SPEEDS[self.settings.speed], self._tick)
-
-    def _tick(self) -> None:
-        if not self.ready():
-            return
-        self.pos = min(self.pos + 1, self.last())
-        if self.pos == self.last():
-            self.playing = False
-            self._restart_timer()
-        self.refresh_view()
-
-    def action_reset(self) -> None:
-        self.pos = 0
-        self.playing = False
-        self._restart_timer()
-        self.refresh_view()
-
-    def action_speed(self, delta: int) -> None:
-        self.settings.speed = max(0, min(len(SPEEDS) - 1, self.settings.speed + delta))
-        self._restart_timer()
-        self.refresh_view()
-
     def action_steps(self, delta: int) -> None:
         steps = max(1, min(self.block_size, self.settings.steps + delta))
         if steps != self.settings.steps:
