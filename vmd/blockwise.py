@@ -69,8 +69,7 @@ class BlockView:
         if self.cache is not None:
             commit, self.commit = self.commit, None
             return m.block_logits(xb, z, self.cache, commit)
-        window = m.length - m.block_size if m.trunk.rotary else None
-        return m.block_logits_uncached(self.x[:, :self.lo], xb, z, window)
+        return m.block_logits_uncached(self.x[:, :self.lo], xb, z, m.cache_window)
 
     def _window(self, xb: torch.Tensor, source: torch.Tensor, pad: int):
         """The model-length window of ``source`` holding the block, ``xb`` in the block's place and
@@ -107,7 +106,7 @@ def generate_blocks(model, n: int, length: int, *, steps_per_block: int, prompt:
                     on_step: Callable[[BlockStep], None] | None = None, device=None) -> torch.Tensor:
     """``n`` sequences (n, length) of token ids, generated block by block after ``prompt`` (1-D ids).
 
-    ``on_block(index, x)`` after each block is committed (``x``: (n, total) so far, whole blocks);
+    ``on_block(index, x)`` after each block is made (``x``: (n, total) so far, whole blocks);
     ``on_step(BlockStep)`` after each step that reveals something. ``generator``: a
     ``torch.Generator`` or ``RowGenerators`` (one stream per sample: ``sample_generators``)."""
     device = device if device is not None else next(model.parameters()).device
@@ -134,17 +133,16 @@ def generate_blocks(model, n: int, length: int, *, steps_per_block: int, prompt:
         lo = index * bs
 
         def seen(step, index=index, lo=lo):
-            if on_step is not None:
-                full = torch.zeros_like(x, dtype=torch.bool)
-                full[:, lo: lo + bs] = step.revealed
-                shown = x.clone()
-                shown[:, lo: lo + bs] = step.x
-                on_step(BlockStep(index, step.index, step.nfe, shown, full, step.z))
+            full = torch.zeros_like(x, dtype=torch.bool)
+            full[:, lo: lo + bs] = step.revealed
+            shown = x.clone()
+            shown[:, lo: lo + bs] = step.x
+            on_step(BlockStep(index, step.index, step.nfe, shown, full, step.z))
 
         view = model if model.blocks == 1 else BlockView(model, x, index, kv, pending)
         x[:, lo: lo + bs] = generate(view, x[:, lo: lo + bs], nfe=steps_per_block, strategy=strategy,
                                      temperature=temperature, z_policy=z_policy, schedule=schedule,
-                                     generator=generator, callback=seen)
+                                     generator=generator, callback=seen if on_step is not None else None)
         if kv is not None:
             if view.commit is not None:  # no step ran the model (nothing was masked)
                 model.commit(view.commit, kv)

@@ -75,11 +75,14 @@ class MaskedDiffusionModel(nn.Module):
     # Block-by-block generation (method.md §3; the sampler is vmd/blockwise.py): the clean prefix
     # lives in a KVCache, and each denoising step runs the model on the current block alone.
 
+    @property
+    def cache_window(self) -> int | None:
+        """A model with rotary positions keeps a sliding window of ``length - block_size`` tokens (the
+        most context a block has in training) and so generates past its length; learned positions: None."""
+        return self.length - self.block_size if self.trunk.rotary else None
+
     def new_cache(self) -> KVCache:
-        """An empty cache; a model with rotary positions keeps a sliding window of ``length - block_size``
-        tokens (the most context a block has in training) and so generates past its length."""
-        window = self.length - self.block_size if self.trunk.rotary else None
-        return KVCache(len(self.trunk.blocks), self.block_size, self.length, window)
+        return KVCache(len(self.trunk.blocks), self.block_size, self.length, self.cache_window)
 
     def reach(self, end: int) -> None:
         """Refuse to place a token at position ``end - 1`` or later that the positions cannot hold."""
