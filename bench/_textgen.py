@@ -39,6 +39,25 @@ def cache_speed(rounds: int) -> list[tuple]:
                     SPEED_BATCH * SPEED_LENGTH / full, full / cached))
     return out
 
+def first_block_seconds(run: str, repeats: int = 5) -> float:
+    """Median seconds from a loaded model to its first block of one sample (what ``vmd sample`` shows
+    first), at the run's own settings."""
+    model, cfg, _, _ = checkpoint.load_run(run)
+    model.eval()
+    times = []
+    for r in range(repeats):
+        t0, seen = time.perf_counter(), []
+
+        def first(index, x):
+            if not seen:
+                seen.append(time.perf_counter() - t0)
+
+        generate_blocks(model, 1, model.length, steps_per_block=min(cfg.sample.nfe, model.block_size),
+                        generator=sample_generators(r, 1), on_block=first)
+        times.append(seen[0])
+    return statistics.median(times)
+
+
 def quality(runs: dict[str, str], judge_run: str, samples: int, steps=(1, 2, 4)) -> dict:
     """{label: [(k, metrics)]} plus the test split's own row, each run's samples at seed 0."""
     judge, _, _, judge_task = checkpoint.load_run(judge_run)
@@ -75,6 +94,9 @@ def generation_sections(args) -> dict[str, str]:
              "| speed-up |", "|---|---|---|---|---|---|"]
     for k, cs, ct, us, ut, ratio in speed:
         lines.append(f"| {k} | {cs:.2f} | {ct:,.0f} | {us:.2f} | {ut:,.0f} | {ratio:.1f}x |")
+    first = first_block_seconds(args.vmd)
+    lines += ["", f"Time to the first block of one sample (what `vmd sample` shows first), from the loaded model "
+              f"`{args.vmd}` at its own settings, median of 5: {1000 * first:.1f} ms."]
     sections = {"Generation: the KV cache": "\n".join(lines)}
     rows = quality({"BD3 block 4": args.bd3, "block VMD block 4": args.vmd}, args.judge, args.samples)
     lines = [_made_by("bench/text.py"), "",
