@@ -11,10 +11,8 @@ disk) is one CheckpointError line naming the file. Each .safetensors file carrie
 step, config and run id, so it is consistent by itself, and the files of one run can be
 told from another's. Nothing here unpickles: loading never runs code from the file.
 
-A file is checked before any work: its header (format, step, config, run id); then the model
-of that config, built with no more memory than the file's weights need (a header asking for a
-huge model is refused before it is allocated), against the names and shapes in the file; then
-its values (finite weights, random states that fit a generator).
+Each file is checked by itself (vmd/checkpoint_file.py: its header, the model of its config built
+within the memory its weights need, its values), and here against the other files of its run.
 """
 
 from __future__ import annotations
@@ -23,27 +21,23 @@ import contextlib
 import json
 import math
 import platform
-import re
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save as st_save
-from torch.overrides import TorchFunctionMode
 
 import vmd
 from vmd import config as C
 from vmd.atomic import atomic_write
-from vmd.errors import CheckpointError, ConfigError
+from vmd.checkpoint_file import (FORMAT, RUN_ID, Header, build_checked, check_optimizer, check_rng, generator_fits,
+                                 match_shapes, part, read_header, read_tensors, regular_or_absent)
+from vmd.errors import CheckpointError
 
-FORMAT = "vmd-run-1"
 MODEL_FILE, STATE_FILE, META_FILE, CONFIG_FILE = "model.safetensors", "train_state.safetensors", "meta.json", "config.yaml"
-_RUN_ID = re.compile(r"[\w-]{1,64}")
 _ARCH = ("method", "task", "model", "latent")  # the config sections that shape a run's model
-_TASK_BUDGET = 2 ** 27  # entries of a task's own tables (a synthetic task's exact joint: vocab ** length), 1 GB
 _SCALER = {"scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker"}  # GradScaler.state_dict()
 
 
@@ -111,147 +105,7 @@ def save(run_dir: Path, cfg: C.Config, step: int, model_state: dict, ema_state: 
     _write(run_dir / META_FILE, json.dumps(full, indent=2).encode())
 
 
-@dataclass
-class _Header:
-    """A .safetensors file's header, checked: nothing of its data read yet."""
-    path: Path
-    meta: dict[str, str]
-    shapes: dict[str, tuple[int, ...]]
-    cfg: C.Config
-    step: int
-    run_id: str | None  # None in runs saved before run ids
-    task_state: dict[str, str]  # {} in runs of tasks that learn nothing from their data, and older runs
-
-
-def _regular_or_absent(path: Path) -> None:
-    if path.exists() and not path.is_file():
-        raise CheckpointError(f"{path} is not a regular file (a directory?): vmd cannot read it or save over it; "
-                              "move it away")
-
-
-def _header(path: Path) -> _Header:
-    _regular_or_absent(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path.parent} has no {path.name}: not a run directory, or training has not saved a checkpoint yet")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    except Exception as e:  # safetensors raises several types for truncated or garbled files
-        raise CheckpointError(f"{path} is corrupt or not a safetensors file ({str(e).splitlines()[0]})") from e
-    if meta.get("format") != FORMAT or "config" not in meta or "step" not in meta:
-        raise CheckpointError(f"{path} was not written by vmd (missing format, step or config)")
-    if not re.fullmatch(r"[0-9]{1,18}", meta["step"]):
-        raise CheckpointError(f"{path}: its step {meta['step']!r} is not a non-negative integer")
-    run_id = meta.get("run_id")
-    if run_id is not None and not _RUN_ID.fullmatch(run_id):
-        raise CheckpointError(f"{path}: its run id {run_id[:80]!r} is malformed")
-    try:
-        cfg = C.load_yaml_text(meta["config"])
-    except ConfigError as e:
-        raise CheckpointError(f"{path}: its saved config is invalid: {e}") from e
-    try:
-        task_state = json.loads(meta.get("task_state", "{}"))
-        if not isinstance(task_state, dict) or not all(isinstance(v, str) for v in task_state.values()):
-            raise ValueError
-    except ValueError:
-        raise CheckpointError(f"{path}: its task_state is not a JSON object of strings") from None
-    return _Header(path, meta, shapes, cfg, int(meta["step"]), run_id, task_state)
-
-
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """The file's tensors (its header already checked by ``_header``), all finite."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:
-        raise CheckpointError(f"{path} is corrupt or not a safetensors file ({str(e).splitlines()[0]})") from e
-    floats = {k: v for k, v in tensors.items() if v.is_floating_point() and v.numel()}
-    if floats:  # one fused pass: the largest magnitude of each tensor, NaN or inf where any value is
-        peaks = torch.stack([p.float() for p in torch._foreach_norm(list(floats.values()), math.inf)])
-        if not torch.isfinite(peaks).all():
-            bad = list(floats)[int((~torch.isfinite(peaks)).nonzero()[0])]
-            raise CheckpointError(f"{path} holds non-finite weights ({bad} has NaN or infinite values)")
-    return tensors
-
-
-def _part(mapping: dict, prefix: str) -> dict:
-    return {k[len(prefix):]: v for k, v in mapping.items() if k.startswith(prefix)}
-
-
-class _TooBig(Exception):
-    pass
-
-
-class _Budget(TorchFunctionMode):
-    """Counts the tensors and elements that factories are asked for while a model is built, and
-    stops the build before the one past the budget: a header cannot make vmd build a model far
-    larger than its file (a torch.device("meta") build would cost a 2 s import of torch._dynamo)."""
-
-    FACTORIES = {torch.empty, torch.zeros, torch.ones, torch.randn, torch.rand, torch.full}
-
-    def __init__(self, elements: int, tensors: int):
-        super().__init__()
-        self.elements, self.tensors = elements, tensors
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func in self.FACTORIES:
-            size = kwargs.get("size", args[:1] if func is torch.full else args)
-            if isinstance(size, int):
-                size = (size,)
-            if len(size) == 1 and isinstance(size[0], (tuple, list)):
-                size = size[0]
-            self.elements -= math.prod(n for n in size if isinstance(n, int))
-            self.tensors -= 1
-            if self.elements < 0 or self.tensors < 0:
-                raise _TooBig
-        return func(*args, **kwargs)
-
-
-def _build(head: _Header, shapes: dict[str, tuple], prefix: str = ""):
-    """(task, model) of a file's config, checked against the names and shapes of its weights
-    (``shapes``, under ``prefix`` in the file). The model is built within a budget of twice the
-    file's weights (plus room for small buffers), and its task within ``_TASK_BUDGET``, so an
-    implausible config is refused before it takes the memory."""
-    from vmd.model import build_model
-    from vmd.tasks import make_task
-
-    held = sum(math.prod(s) for s in shapes.values())
-    budget = 2 * held + 2 ** 20
-    try:
-        try:
-            with _Budget(_TASK_BUDGET, 10 ** 6):
-                task = make_task(head.cfg.task, head.task_state or None)
-        except _TooBig:
-            raise CheckpointError(f"{head.path}: its saved config describes a task whose tables exceed "
-                                  f"{_TASK_BUDGET:,} entries; refusing to build it") from None
-        with _Budget(budget, 2 * len(shapes) + 64):
-            model = build_model(head.cfg, task.vocab, task.length, task.layout)
-    except _TooBig:
-        raise CheckpointError(f"{head.path}: weights do not match the saved config: it describes a model of more "
-                              f"than {budget:,} parameters, the file holds {held:,}; refusing to build it") from None
-    except (ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{head.path}: its config describes no model vmd can build ({e})") from e
-    _match(head.path, {k: tuple(v.shape) for k, v in model.state_dict().items()}, shapes, prefix)
-    return task, model
-
-
-def _match(path: Path, expected: dict[str, tuple], found: dict[str, tuple], prefix: str = "") -> None:
-    """The file's tensor names and shapes (``found``, under ``prefix``) against the model's."""
-    if found == expected:
-        return
-    missing = [k for k in expected if k not in found]
-    extra = [k for k in found if k not in expected]
-    wrong = [k for k in expected if k in found and found[k] != expected[k]]
-    detail = (f"{prefix}{missing[0]} is missing" if missing else f"{prefix}{extra[0]} is not in the model" if extra
-              else f"{prefix}{wrong[0]} is {found[wrong[0]]} in the file, {expected[wrong[0]]} for the config")
-    size = lambda shapes: sum(math.prod(s) for s in shapes.values())  # noqa: E731
-    raise CheckpointError(f"{path}: weights do not match the saved config: it describes {size(expected):,} "
-                          f"parameters, the file holds {size(found):,} ({detail})")
-
-
-def _identity(head: _Header) -> tuple:
+def _identity(head: Header) -> tuple:
     arch = C.to_dict(head.cfg)
     return head.path, head.run_id, head.step, {k: arch[k] for k in _ARCH}
 
@@ -292,7 +146,7 @@ def read_meta(run_dir: Path) -> dict:
     last, so a run stopped in its first save has a train_state without it, and resuming that only
     restarts the elapsed-time count."""
     path = Path(run_dir) / META_FILE
-    _regular_or_absent(path)
+    regular_or_absent(path)
     if not path.exists():
         return {}
     try:
@@ -307,7 +161,7 @@ def read_meta(run_dir: Path) -> dict:
               "elapsed_s": (lambda v: _number(v) and 0 <= v < math.inf, "a non-negative number of seconds"),
               "train_metrics": (lambda v: isinstance(v, dict) and all(map(_number, v.values())),
                                 "a mapping of metric names to numbers"),
-              "run_id": (lambda v: isinstance(v, str) and _RUN_ID.fullmatch(v), "a run id")}
+              "run_id": (lambda v: isinstance(v, str) and RUN_ID.fullmatch(v), "a run id")}
     for key, (ok, what) in checks.items():
         if key in data and not ok(data[key]):
             raise CheckpointError(f"{path}: {key} is {str(data[key])[:60]!r}, expected {what}")
@@ -334,17 +188,17 @@ def _open_model(source: Path):
     """(header, task, model, tensors) of a model file, checked; in a run directory, also that the
     training state's header (when there is a readable one) is of the same run."""
     path = _model_file(source)
-    head = _header(path)
+    head = read_header(path)
     state_path = path.parent / STATE_FILE
     if Path(source).is_dir() and state_path.is_file():
         try:
-            state = _header(state_path)
+            state = read_header(state_path)
         except CheckpointError:
             state = None  # a broken training state is for --resume to report; these weights are whole
         if state is not None:
             _same_run(_identity(state), _identity(head))
-    task, model = _build(head, head.shapes)
-    return head, task, model, _read_tensors(path)
+    task, model = build_checked(head, head.shapes)
+    return head, task, model, read_tensors(path)
 
 
 def load_model(run_dir: Path, device="cpu"):
@@ -376,59 +230,10 @@ def export_model(src: Path, dst: Path, half: bool = False) -> None:
     _write(Path(dst), st_save(tensors, metadata=head.meta))
 
 
-def _check_optimizer(path: Path, head: _Header, model: torch.nn.Module, param_groups) -> None:
-    """The optimiser's parameter list and moment shapes against the parameters it was made for
-    (all of the model's, or with train.freeze_denoiser the ones that train, in the model's order)."""
-    from vmd.model import adapt
-
-    params = adapt.freeze_denoiser(model) if head.cfg.train.freeze_denoiser else list(model.parameters())
-    try:
-        listed = [i for g in param_groups for i in g["params"]]
-    except (TypeError, KeyError):
-        raise CheckpointError(f"{path}: optimiser metadata is malformed (param_groups)") from None
-    if listed != list(range(len(params))):
-        raise CheckpointError(f"{path}: optimiser state does not match the model: it lists {len(listed)} parameters, "
-                              f"the model trains {len(params)}")
-    for key, shape in _part(head.shapes, "opt.").items():
-        idx, _, name = key.partition(".")
-        if not idx.isdecimal() or int(idx) >= len(params):
-            raise CheckpointError(f"{path}: optimiser state opt.{key} is for no parameter of the model")
-        want = () if name == "step" else tuple(params[int(idx)].shape)
-        if shape != want and not (name == "step" and math.prod(shape) == 1):
-            raise CheckpointError(f"{path}: optimiser state does not match the model: opt.{key} is {shape}, "
-                                  f"its parameter {want}")
-
-
-def _fits(device: torch.device | str, state: torch.Tensor) -> bool:
-    """Whether ``state`` is a random state a generator on ``device`` takes (tried on a fresh one)."""
-    try:
-        torch.Generator(device=device).set_state(state)
-    except (RuntimeError, TypeError, ValueError):
-        return False
-    return True
-
-
-def _devices() -> list[str]:
-    """Each device type here: a saved noise state (the training device's generator) must fit one."""
-    mps = getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (["mps"] if mps else [])
-
-
-def _check_rng(path: Path, rng: dict[str, torch.Tensor]) -> None:
-    for name, devices in (("data", ["cpu"]), ("noise", _devices())):
-        t = rng.get(name)
-        if t is None:
-            raise CheckpointError(f"{path} has no rng.{name}: the random state resume needs is missing")
-        if t.dtype != torch.uint8 or t.dim() != 1 or not any(_fits(d, t) for d in devices):
-            where = "the CPU" if name == "data" else "any device here"
-            raise CheckpointError(f"{path}: rng.{name} ({t.dtype}, {tuple(t.shape)}) is not a random generator "
-                                  f"state of {where}")
-
-
 def set_rng_state(generator: torch.Generator, state: torch.Tensor, name: str, run_dir: Path) -> None:
     """``generator.set_state(state)``; a state from another device type (a run trained on a GPU,
     resumed on the CPU) raised as one line."""
-    if not _fits(generator.device, state):
+    if not generator_fits(generator.device, state):
         raise CheckpointError(f"{Path(run_dir) / STATE_FILE}: rng.{name} does not fit this run's "
                               f"{generator.device.type} random generator (saved on another kind of device?)")
     generator.set_state(state)
@@ -441,21 +246,21 @@ def load_train_state(run_dir: Path) -> dict:
     states fit a generator."""
     run_dir = _check_dir(run_dir)
     for name in (MODEL_FILE, META_FILE, CONFIG_FILE):
-        _regular_or_absent(run_dir / name)
+        regular_or_absent(run_dir / name)
     path = run_dir / STATE_FILE
-    head = _header(path)
+    head = read_header(path)
     meta = read_meta(run_dir)
     if (run_dir / MODEL_FILE).exists():
-        _same_run(_identity(head), _identity(_header(run_dir / MODEL_FILE)))
+        _same_run(_identity(head), _identity(read_header(run_dir / MODEL_FILE)))
     if meta:
         arch = {k: meta[k] for k in ("method", "task") if k in meta}
         _same_run(_identity(head), (run_dir / META_FILE, meta.get("run_id"), meta.get("step"), arch))
     unknown = [k for k in head.shapes if k.split(".", 1)[0] not in ("model", "ema", "opt", "rng")]
     if unknown:
         raise CheckpointError(f"{path}: unexpected tensor {unknown[0]}")
-    _, model = _build(head, _part(head.shapes, "model."), "model.")
-    if _part(head.shapes, "ema."):
-        _match(path, _part(head.shapes, "model."), _part(head.shapes, "ema."), "ema.")
+    _, model = build_checked(head, part(head.shapes, "model."), "model.")
+    if part(head.shapes, "ema."):
+        match_shapes(path, part(head.shapes, "model."), part(head.shapes, "ema."), "ema.")
     try:
         param_groups = json.loads(head.meta["param_groups"])
         scaler = json.loads(head.meta.get("scaler", "null"))
@@ -465,12 +270,12 @@ def load_train_state(run_dir: Path) -> dict:
             raise ValueError
     except (KeyError, ValueError) as e:
         raise CheckpointError(f"{path}: optimiser metadata is missing or corrupt") from e
-    _check_optimizer(path, head, model, param_groups)
-    tensors = _read_tensors(path)
-    _check_rng(path, _part(tensors, "rng."))
+    check_optimizer(path, head, model, param_groups)
+    tensors = read_tensors(path)
+    check_rng(path, part(tensors, "rng."))
 
     opt_state: dict[int, dict] = {}
-    for key, v in _part(tensors, "opt.").items():
+    for key, v in part(tensors, "opt.").items():
         idx, name = key.split(".", 1)
         opt_state.setdefault(int(idx), {})[name] = v
     return {
@@ -478,11 +283,11 @@ def load_train_state(run_dir: Path) -> dict:
         "step": head.step,
         "run_id": head.run_id,
         "task_state": head.task_state,
-        "model": _part(tensors, "model."),
-        "ema": _part(tensors, "ema.") or None,
+        "model": part(tensors, "model."),
+        "ema": part(tensors, "ema.") or None,
         "optimizer": {"state": opt_state, "param_groups": param_groups},
         "scaler": scaler,
-        "rng": _part(tensors, "rng."),
+        "rng": part(tensors, "rng."),
     }
 
 
