@@ -18,25 +18,31 @@ SPEED_PRESET, SPEED_LENGTH, SPEED_BATCH = "shakespeare-bd3-block4", 256, 16
 
 def cache_speed(rounds: int) -> list[tuple]:
     """Samples/s and tokens/s of L = 256, B = 4, batch 16, cached and not, at 1 and 4 steps per
-    block, the four taking turns in each round; medians. The model is the preset's at L = 256
+    block, on one torch thread and on all, the cases taking turns in each round; medians. The model is the preset's at L = 256
     with its initial weights (the speed does not depend on them)."""
     cfg = C.load(SPEED_PRESET, None, [f"task.length={SPEED_LENGTH}", "device.device=cpu"])
     torch.manual_seed(0)
     model = build_model(cfg, 65, SPEED_LENGTH).eval()
-    cases = [(k, cache) for k in (1, 4) for cache in (True, False)]
+    threads = torch.get_num_threads()
+    cases = [(n, k, cache) for n in sorted({1, threads}) for k in (1, 4) for cache in (True, False)]
     times = {c: [] for c in cases}
     generate_blocks(model, SPEED_BATCH, 32, steps_per_block=1, generator=sample_generators(0, SPEED_BATCH))
-    for r in range(rounds):
-        for k, cache in cases:
-            t0 = time.perf_counter()
-            generate_blocks(model, SPEED_BATCH, SPEED_LENGTH, steps_per_block=k, cache=cache,
-                            generator=sample_generators(r, SPEED_BATCH))
-            times[(k, cache)].append(time.perf_counter() - t0)
+    try:
+        for r in range(rounds):
+            for n, k, cache in cases:
+                torch.set_num_threads(n)
+                t0 = time.perf_counter()
+                generate_blocks(model, SPEED_BATCH, SPEED_LENGTH, steps_per_block=k, cache=cache,
+                                generator=sample_generators(r, SPEED_BATCH))
+                times[(n, k, cache)].append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(threads)
     out = []
-    for k in (1, 4):
-        cached, full = statistics.median(times[(k, True)]), statistics.median(times[(k, False)])
-        out.append((k, SPEED_BATCH / cached, SPEED_BATCH * SPEED_LENGTH / cached, SPEED_BATCH / full,
-                    SPEED_BATCH * SPEED_LENGTH / full, full / cached))
+    for n in sorted({1, threads}):
+        for k in (1, 4):
+            cached, full = statistics.median(times[(n, k, True)]), statistics.median(times[(n, k, False)])
+            out.append((n, k, SPEED_BATCH / cached, SPEED_BATCH * SPEED_LENGTH / cached, SPEED_BATCH / full,
+                        SPEED_BATCH * SPEED_LENGTH / full, full / cached))
     return out
 
 def first_block_seconds(run: str, repeats: int = 5) -> float:
@@ -86,14 +92,14 @@ def generation_sections(args) -> dict[str, str]:
     lines = [_made_by("bench/text.py"), "",
              f"`{SPEED_PRESET}`'s model at L = {SPEED_LENGTH} (blocks of 4, its initial weights), {SPEED_BATCH} "
              f"samples of {SPEED_LENGTH} characters at once, block by block (vmd/blockwise.py); median of "
-             f"{args.rounds} rounds in which the four cases take turns. Cached: each step runs the model on the "
+             f"{args.rounds} rounds in which the cases take turns. Cached: each step runs the model on the "
              "current block only, attending to the cached keys and values of the prefix (each block committed in the "
              "same pass as the next block's first step). Uncached (`--no-cache`): each step recomputes the whole "
              "prefix with the block. Same samples either way (tests/test_blockwise.py).", "",
-             "| steps / block | cached samples / s | cached tokens / s | uncached samples / s | uncached tokens / s "
-             "| speed-up |", "|---|---|---|---|---|---|"]
-    for k, cs, ct, us, ut, ratio in speed:
-        lines.append(f"| {k} | {cs:.2f} | {ct:,.0f} | {us:.2f} | {ut:,.0f} | {ratio:.1f}x |")
+             "| torch threads | steps / block | cached samples / s | cached tokens / s | uncached samples / s "
+             "| uncached tokens / s | speed-up |", "|---|---|---|---|---|---|---|"]
+    for n, k, cs, ct, us, ut, ratio in speed:
+        lines.append(f"| {n} | {k} | {cs:.2f} | {ct:,.0f} | {us:.2f} | {ut:,.0f} | {ratio:.1f}x |")
     first = first_block_seconds(args.vmd)
     lines += ["", f"Time to the first block of one sample (what `vmd sample` shows first), from the loaded model "
               f"`{args.vmd}` at its own settings, median of 5: {1000 * first:.1f} ms."]
