@@ -170,6 +170,10 @@ def task_label(cfg: C.Config) -> str:
 
 
 MODEL_HELP = f"The model: {NAMES_HELP}."
+STEPS_PER_BLOCK_HELP = ("Text: denoising steps per block, 1 to the block size \\[default: the run's sample.nfe, at "
+                        "most the block size].")
+LENGTH_HELP = ("Text: tokens per sample, prompt included \\[default: the model's length]; past it a model with "
+               "rotary positions slides its cache.")
 
 
 def load_any(source: str, device: Optional[str], with_task: bool = False):
@@ -290,11 +294,8 @@ def sample(
     nfe: Optional[int] = typer.Option(None, help="Not text: denoiser calls (steps) per sample \\[default: the run's]. "
                                       "Steps with nothing left to reveal cost nothing, so NFE above the sequence length "
                                       "is the same as NFE = length."),
-    steps_per_block: Optional[int] = typer.Option(None, "--steps-per-block", "-k", help="Text: denoising steps per "
-                                                  "block, 1 to the block size \\[default: the run's sample.nfe, at most "
-                                                  "the block size]."),
-    length: Optional[int] = typer.Option(None, help="Text: tokens per sample, prompt included \\[default: the "
-                                         "model's length]; past it a model with rotary positions slides its cache."),
+    steps_per_block: Optional[int] = typer.Option(None, "--steps-per-block", "-k", help=STEPS_PER_BLOCK_HELP),
+    length: Optional[int] = typer.Option(None, help=LENGTH_HELP),
     prompt: Optional[str] = typer.Option(None, help="Text: the start of every sample, kept verbatim."),
     prompt_file: Optional[Path] = typer.Option(None, "--prompt-file", help="Text: read the prompt from a file (- for stdin)."),
     strategy: Optional[str] = typer.Option(None, help="random, top-prob or top-margin."),

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from vmd.models import NAMES_HELP
-from vmd_cli.main import app, friendly
+from vmd_cli.main import LENGTH_HELP, STEPS_PER_BLOCK_HELP, app, friendly
 
 DEFAULT_PUZZLE_SEED = 7
 
@@ -71,11 +71,8 @@ def play(
                                       "fills it as NFE = its blanks."),
     prompt: Optional[str] = typer.Option(None, help="Text: the text to continue (editable in the app) "
                                          "\\[default: none]."),
-    steps_per_block: Optional[int] = typer.Option(None, "--steps-per-block", "-k", help="Text: steps per block, 1 to "
-                                                  "the block size \\[default: the run's sample.nfe, at most the "
-                                                  "block size]."),
-    length: Optional[int] = typer.Option(None, help="Text: tokens to make, prompt included \\[default: the models' "
-                                         "length]."),
+    steps_per_block: Optional[int] = typer.Option(None, "--steps-per-block", "-k", help=STEPS_PER_BLOCK_HELP),
+    length: Optional[int] = typer.Option(None, help=LENGTH_HELP),
     strategy: Optional[str] = typer.Option(None, help="random, top-prob or top-margin \\[default: top-margin; text: "
                                            "the VMD run's]."),
     seed: int = typer.Option(0, help="Sampling seed (the latent draws of the VMD; text: both sides' draws)."),
