@@ -86,3 +86,16 @@ def test_eval_scores_samples_at_each_steps_per_block_under_a_named_judge(run, ju
 def test_bad_eval_input_is_one_line(run, args, words):
     r = vmd("eval", run, *args)
     assert r.returncode == 2 and "Traceback" not in r.stderr and words in r.stderr.strip().splitlines()[-1], r.stderr
+
+
+def test_eval_samples_without_the_corpus_scores_what_it_can(run, judge, tmp_path):
+    moved = tmp_path / "elsewhere.txt"
+    corpus = run.parent / "corpus.txt"
+    corpus.rename(moved)
+    try:
+        r = vmd("eval", run, "--samples", "4", "-k", "1", "--judge", judge, "--json")
+    finally:
+        moved.rename(corpus)
+    assert r.returncode == 0, r.stderr
+    (row,) = json.loads(r.stdout)["rows"]
+    assert row["gen_ppl"] > 1 and "word_validity" not in row and "no word validity" in r.stderr

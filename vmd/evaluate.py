@@ -121,13 +121,16 @@ def judge_nll(judge, samples: torch.Tensor, batch_size: int = 64, device="cpu") 
     return total / samples.numel()
 
 
-def sample_quality(samples: torch.Tensor, task, judge, batch_size: int = 64, device="cpu") -> dict[str, float]:
+def sample_quality(samples: torch.Tensor, task, judge, batch_size: int = 64, device="cpu",
+                   words: bool = True) -> dict[str, float]:
     """What text samples are worth, cheaply: their perplexity under an autoregressive ``judge``
     (``gen_ppl``), the share of their words found in the training split (``word_validity``, the
-    task's), and the entropy of their token frequencies (``unigram_entropy_bits``), which a
-    sampler that repeats a few safe words cannot keep up while it games the other two."""
+    task's; it reads the corpus, left out with ``words=False``), and the entropy of their token
+    frequencies (``unigram_entropy_bits``), which a sampler that repeats a few safe words cannot
+    keep up while it games the other two."""
     out = {"gen_ppl": math.exp(judge_nll(judge, samples, batch_size, device))}
-    out.update(task.word_validity(samples))
+    if words:
+        out.update(task.word_validity(samples))
     out["unigram_entropy_bits"] = task.metrics(samples)["unigram_entropy_bits"]
     return out
 

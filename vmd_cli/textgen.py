@@ -13,6 +13,7 @@ from rich.live import Live
 from rich.rule import Rule
 from rich.text import Text
 
+from vmd.errors import DataError
 from vmd_cli.main import err, fail, out
 
 DEFAULT_TEXT_MODEL = "shakespeare-block4"
@@ -161,10 +162,18 @@ def eval_quality(model, cfg, step, dev, task, source: str, *, samples: int, step
     if judge.length != model.length:
         fail(f"the judge reads {judge.length} tokens, this model makes {model.length}")
 
-    def measure(x):
-        return sample_quality(x, task, judge, batch_size, dev)
+    try:  # the corpus: the word list and the test split (a run loads and samples without it)
+        task.prepare()
+        corpus = True
+    except DataError as e:
+        corpus = False
+        err.print(f"no word validity and no test-split row: {e}", highlight=False, soft_wrap=True)
 
-    rows = [{"steps_per_block": "test data", **measure(task.eval_sequences("test", samples)), "samples_per_s": None}]
+    def measure(x):
+        return sample_quality(x, task, judge, batch_size, dev, words=corpus)
+
+    rows = [{"steps_per_block": "test data", **measure(task.eval_sequences("test", samples)),
+             "samples_per_s": None}] if corpus else []
     for k in steps_list:
         settings = dataclasses.replace(sc, nfe=k, num_samples=samples, batch_size=batch_size)
         with progress_bar(f"{k} step{'s' if k > 1 else ''} per block", samples) as (bar, job):
@@ -186,6 +195,7 @@ def eval_quality(model, cfg, step, dev, task, source: str, *, samples: int, step
     for col in ("steps / block", "gen-PPL", "word validity", "unigram entropy (bits)", "samples / s"):
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(str(r["steps_per_block"]), f"{r['gen_ppl']:.2f}", f"{r['word_validity']:.3f}",
+        validity = f"{r['word_validity']:.3f}" if "word_validity" in r else "n/a"
+        table.add_row(str(r["steps_per_block"]), f"{r['gen_ppl']:.2f}", validity,
                       f"{r['unigram_entropy_bits']:.3f}", "" if r["samples_per_s"] is None else f"{r['samples_per_s']:.1f}")
     out.print(table)
