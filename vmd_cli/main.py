@@ -91,7 +91,7 @@ def _sample_config(cfg: C.Config, **options) -> C.SampleConfig:
 @app.command(epilog="Examples:\n\n"
              "  vmd train --preset synthetic-2tok-vmd\n\n"
              "  vmd train --preset synthetic-d1-vmd --set train.steps=3000 --out runs/d1\n\n"
-             "  vmd train --preset shakespeare-block4          # block VMD on text, ~20 min on 2 CPU cores\n\n"
+             "  vmd train --preset shakespeare-block4   # text: about 20 min on 2 cores\n\n"
              "  vmd train --config my.yaml --set device.precision=bf16\n\n"
              "  vmd train --resume runs/d1 --set train.steps=6000\n\n"
              "  vmd train --preset sudoku-vmd-tiny --set train.init_from=sudoku-mdm")
