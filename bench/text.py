@@ -78,13 +78,18 @@ def speed(presets, rounds: int, steps: int) -> tuple[dict, float]:
     return out, mm
 
 
-def train_and_score(name: str, seed: int, steps: int | None, max_sequences: int) -> dict:
+def train_and_score(name: str, seed: int, steps: int | None, max_sequences: int, train: bool = True) -> dict | None:
+    """The test BPC of PRESET-sSEED, trained (or resumed) to its budget first; with ``train=False``
+    None for a run that has not finished."""
     run = ROOT / "runs" / "bench-text" / f"{name}-s{seed}"
     sets = [f"train.seed={seed}", "device.device=cpu"] + ([f"train.steps={steps}"] if steps else [])
     cfg = C.load(name, None, sets)
     done = checkpoint.load_model(run)[2] if (run / checkpoint.MODEL_FILE).exists() else 0
     if done > cfg.train.steps:
         raise SystemExit(f"{run} has trained {done} steps, more than the {cfg.train.steps} asked for: delete it")
+    if done < cfg.train.steps and not train:
+        print(f"  {run}: {done} of {cfg.train.steps} steps, left out (--score-only)", flush=True)
+        return None
     if done < cfg.train.steps:  # new, or stopped part way: resumed to this budget
         t0 = time.perf_counter()
         budget = lambda c: dataclasses.replace(c, train=dataclasses.replace(c.train, steps=cfg.train.steps))  # noqa: E731
@@ -105,6 +110,7 @@ def main() -> None:
     p.add_argument("--max-sequences", type=int, default=200, help="test sequences scored per run")
     p.add_argument("--speed-only", action="store_true", help="only the step-cost table")
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--score-only", action="store_true", help="train nothing: score the finished runs of --seeds")
     p.add_argument("--generation", action="store_true", help="only generation: the KV cache's speed, sample quality")
     p.add_argument("--samples", type=int, default=500, help="--generation: samples per quality row")
     p.add_argument("--bd3", default="runs/bench-text/shakespeare-bd3-block4-s0", help="--generation: the BD3 run")
@@ -120,7 +126,9 @@ def main() -> None:
     perf, mm = speed(PRESETS, args.rounds, steps=5)
     sections = step_cost_section(args, perf, mm)
     if not args.speed_only:
-        scores = {name: [train_and_score(name, s, args.steps, args.max_sequences) for s in seeds] for name in PRESETS}
+        scores = {name: [r for s in seeds if (r := train_and_score(name, s, args.steps, args.max_sequences,
+                                                                    not args.score_only)) is not None]
+                  for name in PRESETS}
         sections.update(bpc_section(args, scores, seeds))
     write(sections)
 
@@ -153,13 +161,17 @@ def step_cost_section(args, perf, mm) -> dict[str, str]:
 
 def bpc_section(args, scores, seeds) -> dict[str, str]:
     lines = [made_by(), "",
-             f"The NELBO on the first {args.max_sequences} test sequences (128 characters each; `vmd eval RUN --max-sequences {args.max_sequences}`: batches of 32, 4 draws of the "
-             f"times per sequence stratified over each batch, seed 0); seeds {', '.join(map(str, seeds))} of training, "
+             f"The NELBO on the first {args.max_sequences} test sequences (128 characters each; `vmd eval RUN "
+             f"--max-sequences {args.max_sequences}`: batches of 32, 4 draws of the times per sequence stratified over each batch, seed 0); seeds {', '.join(map(str, seeds))} of training "
+             f"{'(the finished runs of them: the runs column) ' if args.score_only else ''}"
              f"{'each preset' + chr(39) + 's steps' if not args.steps else f'{args.steps} steps each'}. "
              "Beside them, the papers' text8 numbers (method.md §6): another corpus and scale, for the ordering.",
              "", "| preset | BPC mean | spread (min-max) | runs | stderr of one run | text8, paper |",
              "|---|---|---|---|---|---|"]
     for name, runs in scores.items():
+        if not runs:
+            lines.append(f"| {name} | - | - | 0 | - | {PAPER[name]} |")
+            continue
         b = [r["bpc"] for r in runs]
         lines.append(f"| {name} | {statistics.mean(b):.3f} | {min(b):.3f}-{max(b):.3f} | {len(b)} | "
                      f"{statistics.mean(r['stderr'] for r in runs):.3f} | {PAPER[name]} |")
