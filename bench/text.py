@@ -98,7 +98,8 @@ def train_and_score(name: str, seed: int, steps: int | None, max_sequences: int,
         trainer.run()
         print(f"  trained {name} seed {seed}: {trainer.step} steps, {time.perf_counter() - t0:.0f} s", flush=True)
     model, cfg, step, task = checkpoint.load_run(run)
-    r = likelihood(model, task.eval_sequences("test", max_sequences), cfg, draws=4, seed=0, batch_size=32)  # as vmd eval
+    sequences = task.eval_sequences("test", max_sequences)
+    r = likelihood(model, sequences, cfg, draws=4, seed=0, batch_size=32)  # batches as vmd eval's
     return {"bpc": r["bits"], "stderr": r["stderr"], "sequences": r["sequences"], "step": step}
 
 
@@ -162,7 +163,8 @@ def step_cost_section(args, perf, mm) -> dict[str, str]:
 def bpc_section(args, scores, seeds) -> dict[str, str]:
     lines = [made_by(), "",
              f"The NELBO on the first {args.max_sequences} test sequences (128 characters each; `vmd eval RUN "
-             f"--max-sequences {args.max_sequences}`: batches of 32, 4 draws of the times per sequence stratified over each batch, seed 0); seeds {', '.join(map(str, seeds))} of training "
+             f"--max-sequences {args.max_sequences}`: batches of 32, 4 draws of the times per sequence stratified "
+             f"over each batch, seed 0); seeds {', '.join(map(str, seeds))} of training "
              f"{'(the finished runs of them: the runs column) ' if args.score_only else ''}"
              f"{'each preset' + chr(39) + 's steps' if not args.steps else f'{args.steps} steps each'}. "
              "Beside them, the papers' text8 numbers (method.md §6): another corpus and scale, for the ordering.",

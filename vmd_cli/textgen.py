@@ -196,6 +196,6 @@ def eval_quality(model, cfg, step, dev, task, source: str, *, samples: int, step
         table.add_column(col, justify="right")
     for r in rows:
         validity = f"{r['word_validity']:.3f}" if "word_validity" in r else "n/a"
-        table.add_row(str(r["steps_per_block"]), f"{r['gen_ppl']:.2f}", validity,
-                      f"{r['unigram_entropy_bits']:.3f}", "" if r["samples_per_s"] is None else f"{r['samples_per_s']:.1f}")
+        rate = "" if r["samples_per_s"] is None else f"{r['samples_per_s']:.1f}"
+        table.add_row(str(r["steps_per_block"]), f"{r['gen_ppl']:.2f}", validity, f"{r['unigram_entropy_bits']:.3f}", rate)
     out.print(table)
