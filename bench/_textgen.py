@@ -18,9 +18,8 @@ SPEED_PRESET, SPEED_LENGTH, SPEED_BATCH = "shakespeare-bd3-block4", 256, 16
 
 def cache_speed(rounds: int) -> list[tuple]:
     """Samples/s and tokens/s of L = 256, B = 4, batch 16, cached and not, at 1 and 4 steps per
-    block, on one torch thread and on all, the cases taking turns in each round; medians. The model is
-    the preset's at L = 256
-    with its initial weights (the speed does not depend on them)."""
+    block, on one torch thread and on all, the cases taking turns in each round; medians. The model
+    is the preset's at L = 256 with its initial weights (the speed does not depend on them)."""
     cfg = C.load(SPEED_PRESET, None, [f"task.length={SPEED_LENGTH}", "device.device=cpu"])
     torch.manual_seed(0)
     model = build_model(cfg, 65, SPEED_LENGTH).eval()
