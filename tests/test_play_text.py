@@ -70,7 +70,7 @@ def test_starts_at_80x24_with_both_panels_and_the_prompt(runs):
         assert type(app.screen).__name__ == "HelpScreen" and "steps per block" in help_text
         return titles
 
-    assert drive(runs, script, prompt="All:\nSpeak") == ["BD3 block 4 bd3", "VMD block 4 vmd · z draw 1"]
+    assert drive(runs, script, prompt="All:\nSpeak") == ["BD3 block 4 bd3", "block VMD block 4 vmd · z draw 1"]
 
 
 def test_stepping_reveals_characters_and_highlights_this_steps_only(runs):
@@ -181,7 +181,7 @@ def test_a_prompt_outside_the_vocabulary_is_an_error_in_the_app(runs):
     (["--text", "--vmd", "sudoku-mdm"], "sudoku-mdm is a sudoku model: vmd play --text takes text models"),
     (["--text", "--puzzle", "p.txt"], "--puzzle applies to Sudoku, not with --text"),
     (["--prompt", "First"], "--prompt applies with --text"),
-    (["--text", "--bd3", "@other", "--vmd", "@vmd"], "BD3 block 4 other and VMD block 4 vmd have different vocabularies"),
+    (["--text", "--bd3", "@other", "--vmd", "@vmd"], "BD3 block 4 other and block VMD block 4 vmd have different vocabularies"),
     (["--text", "--bd3", "@bd3", "--vmd", "@vmd", "-k", "5"], "--steps-per-block must be between 1 and the model's"),
 ])
 def test_bad_play_options_are_one_line(runs, args, words):

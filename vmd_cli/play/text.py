@@ -114,13 +114,12 @@ def render_frame(frame: Frame, tokens: list[str], mask_id: int, prompt_len: int,
 
 def load_text_model(source: Optional[str], bundled: str):
     """(model, config, task, title): a text model by any name; anything else is a one-line error."""
-    from vmd_cli.main import fail, load_any, task_label
+    from vmd_cli.main import fail, load_any, model_label, task_label
 
     model, cfg, _, _, task = load_any(source or bundled, "cpu", with_task=True)
     if not hasattr(task, "encode_prompt"):
         fail(f"{source or bundled} is a {task_label(cfg)} model: vmd play --text takes text models (e.g. {bundled})")
-    kind = "VMD" if model.has_latent else ("MDM" if model.blocks == 1 else "BD3")
-    title = f"{kind} block {model.block_size}" + ("" if source is None else f" {Path(source).name}")
+    title = model_label(cfg, model) + ("" if source is None else f" {Path(source).name}")
     return model, cfg, task, title
 
 
