@@ -64,8 +64,8 @@ class MaskedDiffusionModel(nn.Module):
         if self.blocks == 1:
             return self.head(self.trunk(xt, cond=z))
         if x0 is None:
-            raise ConfigError("a block diffusion model reads each block's clean prefix: give x0 (block-by-block "
-                              "sampling with a cache is not built yet)")
+            raise ConfigError("a block diffusion model reads each block's clean prefix: give x0, or generate "
+                              "block by block (vmd.blockwise.generate_blocks)")
         b, n = xt.shape
         cond = None if z is None else z.reshape(b, self.blocks, -1)
         h = self.trunk(torch.cat([xt, x0], dim=1), cond=cond, mask=self.block_mask, pos=self.block_pos,
