@@ -127,12 +127,13 @@ def diffusion_loss(model, x0, schedule: Schedule, diff: DiffusionConfig, latent:
     w_train = w if diff.weighting == "elbo" else torch.ones_like(w)
 
     z, kl, kl_used = None, w.new_zeros(b, nb), w.new_zeros(b, nb)
+    once = kl_once(model)
     if model.has_latent:
         z, _, per = latent_terms(model, x0, xt, masked, generator)
         kl = per.sum(-1)
         if latent.free_bits > 0:  # per dimension, or per group of dimensions for a mixture prior
             floor = latent.free_bits * model.latent_dim / per.shape[-1]
-            per = per.clamp(min=floor) * (1.0 if kl_once(model) else masked.view(b, nb, -1).any(-1, keepdim=True))
+            per = per.clamp(min=floor) * (1.0 if once else masked.view(b, nb, -1).any(-1, keepdim=True))
         kl_used = per.sum(-1)
 
     logits = model(xt, z, x0).float()
@@ -141,11 +142,11 @@ def diffusion_loss(model, x0, schedule: Schedule, diff: DiffusionConfig, latent:
     recon = (w * nll).sum(1)
     beta = kl_weight(latent, step)
     # a valid bound charges the KL once per revealed token, or once if z is drawn once
-    charge = 1.0 if kl_once(model) else w * masked.view(b, nb, -1).sum(-1)
+    charge = 1.0 if once else w * masked.view(b, nb, -1).sum(-1)
     nelbo = recon + (charge * kl).sum(1)
     tokens = n if given is None else (~given).sum(1).clamp(min=1)
     return Loss(
-        loss=((w_train * nll).sum(1) + beta * kl_used.sum(1) if kl_once(model)
+        loss=((w_train * nll).sum(1) + beta * kl_used.sum(1) if once
               else (w_train * (nll + beta * kl_used)).sum(1)).mean(),
         recon=recon.mean().detach(),
         latent_kl=kl.sum(1).mean().detach(),

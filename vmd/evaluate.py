@@ -24,6 +24,7 @@ def draw_samples(model, task, sc: SampleConfig, schedule_name: str = "linear", d
     """``sc.num_samples`` sequences in batches of ``sc.batch_size``, seeded by ``sc.seed``. A block
     diffusion model is sampled block by block with ``sc.nfe`` steps per block (at most its block
     size), one random stream per sample (vmd/blockwise.py)."""
+    schedule = make_schedule(schedule_name)
     if model.blocks > 1:
         streams = sample_generators(sc.seed, sc.num_samples)
         out = []
@@ -31,13 +32,12 @@ def draw_samples(model, task, sc: SampleConfig, schedule_name: str = "linear", d
             n = min(sc.batch_size, sc.num_samples - lo)
             out.append(generate_blocks(model, n, model.length, steps_per_block=min(sc.nfe, model.block_size),
                                        strategy=sc.strategy, temperature=sc.temperature, z_policy=sc.z_policy,
-                                       schedule=make_schedule(schedule_name), device=device,
+                                       schedule=schedule, device=device,
                                        generator=streams.subset(torch.arange(lo, lo + n))).cpu())
             if on_batch:
                 on_batch(n)
         return torch.cat(out)
     gen = torch.Generator(device=device).manual_seed(sc.seed)
-    schedule = make_schedule(schedule_name)
     out, left = [], sc.num_samples
     while left > 0:
         n = min(sc.batch_size, left)
