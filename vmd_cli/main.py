@@ -314,12 +314,13 @@ def sample(
     """Draw samples from a trained model and print them. Text is made block by block (each block's
     clean prefix in a KV cache) and shown as each block is committed."""
     from vmd.evaluate import draw_samples
+    from vmd_cli.textgen import DEFAULT_TEXT_MODEL
 
     if device is not None:
         C.from_dict({"device": {"device": device}})
     if fmt not in ("text", "json"):
         fail(f"--format must be text or json, got {fmt!r}")
-    source = run_dir or "shakespeare-block4"
+    source = run_dir or DEFAULT_TEXT_MODEL
     model, cfg, _, dev, task = load_any(source, device, with_task=True)
     if hasattr(task, "encode_prompt"):  # text
         from vmd_cli.textgen import read_prompt, sample_text

@@ -18,9 +18,10 @@ from textual.widgets import Footer, Input, Label, Static
 
 from vmd.errors import DataError
 from vmd_cli.play.playback import SPEED_BINDINGS, STEP_BINDINGS, Playback, key_hint
+from vmd_cli.textgen import DEFAULT_TEXT_MODEL
 
 DEFAULT_BD3 = "shakespeare-bd3-block4"
-DEFAULT_VMD = "shakespeare-block4"
+DEFAULT_VMD = DEFAULT_TEXT_MODEL
 HIGHLIGHT = "bold black on yellow"  # the characters revealed in the step shown
 NEWLINE = "↵"  # a newline shows as this mark, then breaks the line
 
