@@ -15,6 +15,7 @@ together, checks their SHA-256 and makes each a run directory (weights and meta.
 bench/bundle.py and bench/sudoku.py take. Fill the puzzle cache beforehand where you can
 (`VMD_CACHE_DIR=.device-cache python bench/gpu_session.py --fill-cache`, a few minutes on two
 cores) and carry that folder: the GPU machine's cores would otherwise spend the budget on it.
+The text presets' session is bench/gpu_text.py (docs/gpu-session.md), which imports this one.
 """
 
 from __future__ import annotations
@@ -57,12 +58,12 @@ def fit_steps(cfg: C.Config, rate: float, seconds: float) -> C.Config:
     return dataclasses.replace(cfg, train=train, latent=latent)
 
 
-def child(preset: str, overrides: list[str], run_dir: Path, deadline: float, probe_steps: int) -> None:
-    """Train ``preset`` into ``run_dir`` so that it ends by ``deadline`` (time.time())."""
-    cfg = C.load(preset, overrides=overrides)
+def probe_rate(cfg: C.Config, probe_steps: int) -> tuple[float, torch.device]:
+    """Steps/s of ``cfg``'s training on its device, timed over ``probe_steps`` steps after 5 of
+    warm-up (allocations, kernel choices) in a throw-away run; and that device."""
     with tempfile.TemporaryDirectory() as tmp:
         probe = Trainer(cfg, Path(tmp))
-        for _ in range(5):  # warm-up: allocations, kernel choices
+        for _ in range(5):
             probe.train_step()
         sync(probe.device)
         t0 = time.perf_counter()
@@ -74,6 +75,13 @@ def child(preset: str, overrides: list[str], run_dir: Path, deadline: float, pro
         del probe
     if device.type == "cuda":
         torch.cuda.empty_cache()
+    return rate, device
+
+
+def child(preset: str, overrides: list[str], run_dir: Path, deadline: float, probe_steps: int) -> None:
+    """Train ``preset`` into ``run_dir`` so that it ends by ``deadline`` (time.time())."""
+    cfg = C.load(preset, overrides=overrides)
+    rate, device = probe_rate(cfg, probe_steps)
     cfg = fit_steps(cfg, rate, deadline - time.time() - 15)  # 15 s for building the run and its last save
     print(f"{preset}: {rate:.1f} steps/s in the probe on {device}; training {cfg.train.steps} steps "
           f"(warm-up {cfg.train.warmup_steps}, KL warm-up {cfg.latent.kl_warmup_steps})", flush=True)
