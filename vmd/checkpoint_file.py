@@ -210,12 +210,17 @@ def _devices() -> list[str]:
 
 
 def check_rng(path: Path, rng: dict[str, torch.Tensor]) -> None:
-    """The data and noise random states resume restores, each one a generator here takes."""
-    for name, devices in (("data", ["cpu"]), ("noise", _devices())):
-        t = rng.get(name)
-        if t is None:
+    """The data and noise random states resume restores (``data`` and ``noise``, and ``data.K`` and
+    ``noise.K`` for the other shards of a data-parallel run), each one a generator here takes."""
+    for name in ("data", "noise"):
+        if name not in rng:
             raise CheckpointError(f"{path} has no rng.{name}: the random state resume needs is missing")
+    for name, t in rng.items():
+        kind, _, shard = name.partition(".")
+        if kind not in ("data", "noise") or not (shard == "" or shard.isdigit()):
+            raise CheckpointError(f"{path}: unexpected tensor rng.{name}")
+        devices = ["cpu"] if kind == "data" else _devices()
         if t.dtype != torch.uint8 or t.dim() != 1 or not any(generator_fits(d, t) for d in devices):
-            where = "the CPU" if name == "data" else "any device here"
+            where = "the CPU" if kind == "data" else "any device here"
             raise CheckpointError(f"{path}: rng.{name} ({t.dtype}, {tuple(t.shape)}) is not a random generator "
                                   f"state of {where}")

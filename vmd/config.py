@@ -116,7 +116,12 @@ class DiffusionConfig:
 @dataclass
 class TrainConfig:
     steps: int = 2000
+    # the global batch of each optimiser step: under torchrun each of N processes draws
+    # batch_size / (N x accumulate) sequences per shard from its own streams (vmd/distributed.py)
     batch_size: int = 256
+    # gradient accumulation: each process takes its share of the batch in this many passes
+    # (less memory, the same step); must divide the batch with the number of processes
+    accumulate: int = 1
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_steps: int = 100
@@ -158,7 +163,11 @@ class SampleConfig:
 @dataclass
 class DeviceConfig:
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    # fp32; bf16 (autocast, on CUDA or the CPU); fp16 (autocast and a gradient scaler, CUDA only)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # under torchrun: how long (seconds) a process waits for the others, at the rendezvous and at
+    # each collective step, before it stops with an error instead of hanging
+    timeout: float = 600.0
 
 
 @dataclass
@@ -191,7 +200,8 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "diffusion.t_min": (lambda v: 0.0 <= v < 1.0, "a time in [0, 1)"),
     "diffusion.clip": (lambda v: len(v) == 2 and 0.0 <= v[0] < v[1] <= 1.0, "two rates [lo, hi] with 0 <= lo < hi <= 1"),
     "model.block_size": _NON_NEGATIVE,
-    "train.steps": _POSITIVE, "train.batch_size": _POSITIVE, "train.lr": _POSITIVE,
+    "train.steps": _POSITIVE, "train.batch_size": _POSITIVE, "train.accumulate": _POSITIVE,
+    "device.timeout": _POSITIVE, "train.lr": _POSITIVE,
     "train.weight_decay": _NON_NEGATIVE, "train.warmup_steps": _NON_NEGATIVE,
     "train.min_lr_ratio": (lambda v: 0.0 <= v <= 1.0, "a ratio in [0, 1]"),
     "train.grad_clip": _NON_NEGATIVE, "train.ema": (lambda v: 0.0 <= v < 1.0, "a decay in [0, 1) (0 turns EMA off)"),
@@ -296,6 +306,9 @@ def validate(cfg: Config) -> None:
     if cfg.train.eval_every % cfg.train.log_every:
         raise ConfigError(f"train.eval_every ({cfg.train.eval_every}) must be a multiple of train.log_every "
                           f"({cfg.train.log_every}): validation is reported with a log line")
+    if cfg.train.batch_size % cfg.train.accumulate:
+        raise ConfigError(f"train.batch_size ({cfg.train.batch_size}) must be a multiple of train.accumulate "
+                          f"({cfg.train.accumulate}): each pass takes an equal share")
     if cfg.model.dim % cfg.model.heads:
         raise ConfigError(f"model.dim ({cfg.model.dim}) must be a multiple of model.heads ({cfg.model.heads})")
     if cfg.latent.kind == "gaussian" and cfg.latent.dim % cfg.latent.groups:
@@ -306,6 +319,27 @@ def validate(cfg: Config) -> None:
     for part in parts if cfg.method == "vmd" else ():  # the widths of networks an MDM does not have
         if getattr(cfg.latent, part) % cfg.model.heads:
             raise ConfigError(f"latent.{part} must be a multiple of model.heads ({cfg.model.heads})")
+
+
+# the keys that shape a run's model (and so its checkpoint): a resumed run may not change them
+_SHAPE = ("method", "task.name", "task.kind", "task.vocab", "task.length", "task.tokenizer", "task.vocab_size",
+          "model.", "latent.")
+_NOT_SHAPE = {"model.dropout", "latent.beta", "latent.kl_warmup_steps", "latent.free_bits"}
+
+
+def _flat(data: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in data.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def model_changes(old: Config, new: Config) -> list[tuple[str, Any, Any]]:
+    """(key, old, new) for each key that shapes the model and differs (a latent's only for VMD)."""
+    a, b = _flat(to_dict(old)), _flat(to_dict(new))
+    keys = [k for k in a if k.startswith(_SHAPE) and k not in _NOT_SHAPE
+            and (not k.startswith("latent.") or "vmd" in (old.method, new.method))]
+    return [(k, a[k], b[k]) for k in keys if a[k] != b[k]]
 
 
 def to_dict(cfg: Config) -> dict:

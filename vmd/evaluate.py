@@ -80,28 +80,36 @@ def latent_stats(model, x0: torch.Tensor, given: torch.Tensor | None, cfg: Confi
 
 @torch.no_grad()
 def likelihood(model, sequences: torch.Tensor, cfg: Config, *, draws: int = 4, seed: int = 0, batch_size: int = 64,
-               device="cpu", on_batch: Callable[[int], None] | None = None) -> dict:
+               device="cpu", on_batch: Callable[[int], None] | None = None, shard: tuple[int, int] = (0, 1)) -> dict:
     """The NELBO of ``sequences`` (N, L) in bits per token: an upper bound on -log2 p(x) / L. The
     KL is charged with weight 1 (``vmd/diffusion.py``), times come from the full range [t_min, 1)
     (never the training clip), ``draws`` independent draws of the times and masks per sequence
-    (stratified over each batch's sequences x blocks), from a generator seeded by ``seed``. The
-    standard error is over sequences, of their mean over draws. An autoregressive model (one token per
-    block) has no times to draw: its exact NLL is computed once."""
+    (stratified over each batch's sequences x blocks), batch i's from a generator seeded by
+    ``seed`` and i. The standard error is over sequences, of their mean over draws. An
+    autoregressive model (one token per block) has no times to draw: its exact NLL is computed
+    once. ``shard`` (rank, ranks): score only the batches i with i % ranks == rank (the scores of
+    the shards add up to the whole's: each batch is seeded by itself)."""
     draws = 1 if model.block_size == 1 else draws
-    gen = torch.Generator(device=device).manual_seed(seed)
+    gen = torch.Generator(device=device)
     schedule = make_schedule(cfg.diffusion.schedule)
+    rank, ranks = shard
     per_sequence = []
-    for lo in range(0, sequences.shape[0], batch_size):
+    for i, lo in enumerate(range(0, sequences.shape[0], batch_size)):
+        if i % ranks != rank:
+            continue
+        gen.manual_seed(seed * 1_000_003 + i)
         x0 = sequences[lo: lo + batch_size].to(device)
         runs = [diffusion_loss(model, x0, schedule, cfg.diffusion, cfg.latent, generator=gen, full_range=True)
                 .per_sequence for _ in range(draws)]
         per_sequence.append(torch.stack(runs).double().mean(0).cpu())
         if on_batch:
             on_batch(x0.shape[0])
-    n, length = sequences.shape
-    bits = torch.cat(per_sequence) / (length * math.log(2))
+    length = sequences.shape[1]
+    bits = torch.cat(per_sequence) / (length * math.log(2)) if per_sequence else torch.zeros(0, dtype=torch.float64)
+    n = bits.numel()
     stderr = float(bits.std() / math.sqrt(n)) if n > 1 else float("nan")
-    return {"bits": float(bits.mean()), "stderr": stderr, "tokens": n * length, "sequences": n, "draws": draws}
+    return {"bits": float(bits.mean()) if n else 0.0, "stderr": stderr, "tokens": n * length, "sequences": n,
+            "draws": draws}
 
 
 @torch.no_grad()

@@ -1,13 +1,12 @@
-"""The training loop: AdamW, warm-up then cosine decay, gradient clipping, EMA, AMP,
-atomic checkpoints and exact resume. Progress goes to a callback (the CLI draws it)."""
+"""The training loop: AdamW, warm-up then cosine decay, gradient clipping, EMA, AMP, gradient
+accumulation, data parallel under torchrun (vmd/distributed.py), atomic checkpoints and exact
+resume. Progress goes to a callback (the CLI draws it); rank 0 alone writes the run."""
 
 from __future__ import annotations
 
 import contextlib
 import math
-import shutil
 import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,41 +14,20 @@ from typing import Callable
 
 import torch
 
-from vmd import checkpoint, history
-from vmd.atomic import clean_stale_temps
+from vmd import checkpoint, distributed, history, runs
 from vmd.config import Config
+from vmd.devices import autocast, check_precision, forward_flops, matmul_rate, profiler, resolve_device  # noqa: F401
 from vmd.diffusion import METRICS, diffusion_loss, kl_weight
 from vmd.errors import CheckpointError, ConfigError, TrainingDiverged
 from vmd.evaluate import likelihood
 from vmd.model import adapt, build_model, count_parameters
 from vmd.models import resolve as resolve_model
-from vmd.runlock import RunLock, ensure_run_dir
+from vmd.runlock import RunLock
 from vmd.schedule import make_schedule
+from vmd.stopping import StopSignals, TrainingInterrupted  # noqa: F401 (re-exported)
 from vmd.tasks import make_task
 
 _LOSS = METRICS.index("loss")  # the loss's row in Loss.stacked()
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device.device: 'cuda' was asked for but no CUDA device is available; use auto or cpu")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError("device.device: 'mps' was asked for but MPS is not available; use auto or cpu")
-    return torch.device(name)
-
-
-def autocast(device: torch.device, precision: str):
-    """Mixed precision as the preset says; fp32 is no autocast at all."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -69,46 +47,21 @@ class Progress:
     steps_per_s: float
     elapsed_s: float
     valid: dict[str, float] = field(default_factory=dict)  # validation metrics, where computed at this step
+    tokens_per_s: float = 0.0  # training tokens per second, all processes together
+    matmul_share: float = 0.0  # the model's FLOP/s as a share of the device's plain matmul rate (per device)
 
 
-class TrainingInterrupted(Exception):
-    """Training stopped on a signal after a whole step, with a checkpoint of that step saved."""
+class LossNet(torch.nn.Module):
+    """The loss as a module, so that DistributedDataParallel sees the whole step (the encoder, the
+    prior and the denoiser) inside one forward and averages every gradient over the ranks."""
 
-    def __init__(self, step: int, run_dir: Path, signum: int = signal.SIGINT):
-        super().__init__(f"{signal.Signals(signum).name} at step {step}; checkpoint saved in {run_dir}")
-        self.step, self.run_dir, self.signum = step, run_dir, signum
+    def __init__(self, model, schedule, cfg: Config):
+        super().__init__()
+        self.model, self.schedule, self.cfg = model, schedule, cfg
 
-    @property
-    def exit_code(self) -> int:
-        """What a shell reports for a process ended by the signal: 130 for SIGINT, 143 for SIGTERM."""
-        return 128 + self.signum
-
-
-class StopSignals:
-    """While active (in the main thread), SIGINT and SIGTERM do not interrupt: they are recorded in
-    ``signum`` and the loop stops at the next step boundary. A step is never cut in half and a
-    checkpoint never half written, so an interrupted run resumes bitwise like an uninterrupted one."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._previous: dict = {}
-
-    def _record(self, signum, frame) -> None:
-        if self.signum is None:
-            self.signum = signum
-
-    def __enter__(self) -> "StopSignals":
-        if threading.current_thread() is threading.main_thread():
-            for s in self.SIGNALS:
-                if signal.getsignal(s) is not signal.SIG_IGN:  # e.g. SIGINT under nohup stays ignored
-                    self._previous[s] = signal.signal(s, self._record)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
+    def forward(self, x0, given, step: int, generator):
+        out = diffusion_loss(self.model, x0, self.schedule, self.cfg.diffusion, self.cfg.latent, step, given, generator)
+        return out.loss, out.stacked()
 
 
 @dataclass
@@ -120,18 +73,29 @@ class Trainer:
     elapsed: float = 0.0
     last_metrics: dict = field(default_factory=dict)
     saved_step: int | None = None  # the step of the newest checkpoint on disk, None before the first
-    lock: RunLock | None = None  # held from create / resume until the run ends (``close``)
+    lock: RunLock | None = None  # rank 0's, held from create / resume until the run ends (``close``)
     task_state: dict | None = None  # a resumed run's stored task state (vmd.tasks.make_task)
+    profile_steps: int = 0  # > 0: a torch profiler trace of that many steps in RUN/profile (vmd.devices)
 
     def __post_init__(self):
         cfg = self.cfg
         self.run_dir = Path(self.run_dir)
-        self.device = resolve_device(cfg.device.device)
+        kind = resolve_device(cfg.device.device).type
+        self.world = distributed.join(kind, cfg.device.timeout)
+        if self.world.distributed and kind == "mps":
+            raise ConfigError("data parallel training runs on CUDA GPUs or CPUs; set device.device=cpu for MPS hosts")
+        self.device = self.world.device(kind)
+        check_precision(self.device, cfg.device.precision)
+        self.shard = distributed.check_batch(cfg.train.batch_size, self.world, cfg.train.accumulate)
         torch.manual_seed(cfg.train.seed)
         self.task = make_task(cfg.task, self.task_state)
         self.model = build_model(cfg, self.task.vocab, self.task.length, self.task.layout).to(self.device)
         self.parameters = count_parameters(self.model)
         self.schedule = make_schedule(cfg.diffusion.schedule)
+        self.net = LossNet(self.model, self.schedule, cfg)
+        if self.world.distributed:  # the same initial weights everywhere (seeded), broadcast from rank 0 anyway
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = torch.nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
         # fused on CPU and CUDA: one kernel per parameter, where the CPU foreach fallback runs a loop
         # of small ops (the synthetic presets train 5-29% faster, docs/results-synthetic.md)
         fused = {"fused": True} if self.device.type in ("cpu", "cuda") else {"foreach": True}
@@ -143,32 +107,22 @@ class Trainer:
         if self.ema is not None:  # the pairs one fused lerp updates (the model has no persistent buffers)
             named = dict(self.model.named_parameters())
             self._ema_pairs = ([self.ema[k] for k in named], [p.detach() for p in named.values()])
-        self.data_gen = torch.Generator().manual_seed(cfg.train.seed)
-        self.noise_gen = torch.Generator(device=self.device).manual_seed(cfg.train.seed + 1)
+        acc = cfg.train.accumulate
+        self.streams = distributed.Streams(cfg.train.seed, range(self.world.rank * acc, (self.world.rank + 1) * acc),
+                                           self.device)
         self._window, self._window_steps = None, 0  # the metrics summed on the device since the last log
         self._valid = None  # the validation sequences, read on first use
+        self._flops = self._count_flops()  # of one training sequence, forward and backward
 
     @classmethod
     def create(cls, cfg: Config, run_dir: Path, callback=None) -> "Trainer":
-        """A new run in ``run_dir``, which must not hold a run already (nothing is overwritten). The
-        directory is made and locked first, so a run that cannot write it fails before any work."""
-        made = not Path(run_dir).exists()
-        run_dir = ensure_run_dir(run_dir)
-        lock = RunLock(run_dir)
-        try:
-            if checkpoint.has_checkpoint(run_dir):
-                raise CheckpointError(f"{run_dir} already holds a run; continue it with --resume or choose another --out")
-            clean_stale_temps(run_dir, locked=True)
-            history.truncate_after(run_dir, 0)  # a run killed before its first checkpoint left nothing to keep
-            trainer = cls(cfg, run_dir, callback, lock=lock)
-            if cfg.train.init_from:
-                trainer.start_from(cfg.train.init_from)
-        except BaseException:
-            lock.release()
-            if made:  # a start that failed before any work leaves no directory behind
-                shutil.rmtree(run_dir, ignore_errors=True)
-            raise
-        return trainer
+        """A new run in ``run_dir``, which must not hold a run already (vmd/runs.py)."""
+        return runs.create(cls, cfg, run_dir, callback)
+
+    @classmethod
+    def resume(cls, run_dir: Path, overrides: Callable[[Config], Config] | None = None, callback=None) -> "Trainer":
+        """The run in ``run_dir`` as its last checkpoint left it (vmd/runs.py)."""
+        return runs.resume(cls, run_dir, overrides, callback)
 
     def start_from(self, source: str) -> None:
         """Replace the initial weights (and the EMA's) with a trained model's (vmd/model/adapt.py)."""
@@ -181,75 +135,28 @@ class Trainer:
             for k, v in self.model.state_dict().items():
                 self.ema[k].copy_(v)
 
-    @classmethod
-    def resume(cls, run_dir: Path, overrides: Callable[[Config], Config] | None = None, callback=None) -> "Trainer":
-        """The run in ``run_dir`` as its last checkpoint left it, locked for writing."""
-        run_dir = Path(run_dir)
-        if not run_dir.is_dir():
-            raise CheckpointError(f"run directory {run_dir} does not exist" if not run_dir.exists()
-                                  else f"{run_dir} is a file, not a run directory")
-        if not (run_dir / checkpoint.STATE_FILE).is_file():  # not a run: leave no lock file behind in it
-            checkpoint.load_train_state(run_dir)  # raises the one-line reason
-        lock = RunLock(run_dir)
-        try:
-            trainer = cls._restore(run_dir, overrides, callback, lock)
-            clean_stale_temps(run_dir, locked=True)
-            history.truncate_after(run_dir, trainer.step)
-        except BaseException:
-            lock.release()
-            raise
-        return trainer
-
-    @classmethod
-    def _restore(cls, run_dir: Path, overrides, callback, lock) -> "Trainer":
-        state = checkpoint.load_train_state(run_dir)
-        meta = checkpoint.read_meta(run_dir)
-        cfg = overrides(state["config"]) if overrides else state["config"]
-        trainer = cls(cfg, run_dir, callback, lock=lock, task_state=state["task_state"] or None)
-        checkpoint.load_into(trainer.model, state["model"], run_dir)
-        if trainer.ema is not None:
-            saved = state["ema"] or trainer.model.state_dict()
-            for k, v in trainer.ema.items():
-                v.copy_(saved[k])
-        try:
-            trainer.opt.load_state_dict(state["optimizer"])
-        except (ValueError, KeyError, RuntimeError) as e:
-            raise CheckpointError(f"{run_dir}: optimiser state does not match the model ({e})") from e
-        if state["scaler"]:
-            trainer.scaler.load_state_dict(state["scaler"])
-        checkpoint.set_rng_state(trainer.data_gen, state["rng"]["data"], "data", run_dir)
-        checkpoint.set_rng_state(trainer.noise_gen, state["rng"]["noise"].to(torch.uint8), "noise", run_dir)
-        trainer.step = trainer.saved_step = state["step"]
-        trainer.elapsed = float(meta.get("elapsed_s", 0.0))
-        trainer.last_metrics = meta.get("train_metrics", {})
-        if meta.get("step") == trainer.step:  # meta.json is written last: a save cut short leaves an older one
-            trainer._restore_window(meta.get("window"), run_dir)
-        return trainer
-
-    def _restore_window(self, window, run_dir: Path) -> None:
-        """The metrics summed since the last log, as the checkpoint saved them, so that a resumed run
-        logs the same windows (and the same values) as an uninterrupted one."""
-        if window is None:
-            return
-        try:
-            total, steps = window["sum"], int(window["steps"])
-            if steps and (len(total) != len(METRICS) or steps < 0):
-                raise ValueError
-        except (TypeError, KeyError, ValueError):
-            raise CheckpointError(f"{run_dir / checkpoint.META_FILE}: 'window' is malformed") from None
-        if steps:
-            self._window = torch.tensor(total, dtype=torch.float32, device=self.device)
-            self._window_steps = steps
-
     def save(self) -> None:
+        """A checkpoint of this step, written by rank 0 with every rank's random streams; a failed
+        write is raised on every rank."""
+        self._sync_window()
+        streams = self.world.gather(self.streams.state())
+        error = None
+        if self.world.main:
+            try:
+                self._write({k: v for part in streams for k, v in part.items()})
+            except Exception as e:  # noqa: BLE001 - every rank raises it (World.share)
+                error = e
+        self.world.share(error)
+        self.saved_step = self.step
+
+    def _write(self, rng: dict) -> None:
         window = {"sum": self._window.tolist() if self._window is not None else None, "steps": self._window_steps}
         meta = {"elapsed_s": round(self.elapsed, 2), "parameters": self.parameters,
-                "train_metrics": self.last_metrics, "device": str(self.device), "window": window}
+                "train_metrics": self.last_metrics, "device": str(self.device), "processes": self.world.size,
+                "window": window}
         checkpoint.save(self.run_dir, self.cfg, self.step, self.model.state_dict(), self.ema, self.opt,
-                        self.scaler.state_dict() if self.scaler.is_enabled() else None,
-                        {"data": self.data_gen.get_state(), "noise": self.noise_gen.get_state()}, meta,
+                        self.scaler.state_dict() if self.scaler.is_enabled() else None, rng, meta,
                         task_state=self.task.state())
-        self.saved_step = self.step
 
     def close(self) -> None:
         """Release the run directory for the next writer (also done by the OS when the process ends)."""
@@ -262,31 +169,47 @@ class Trainer:
         with torch.no_grad():
             torch._foreach_lerp_(self._ema_pairs[0], self._ema_pairs[1], 1 - decay)
 
-    def train_step(self) -> dict[str, float]:
+    def train_step(self) -> torch.Tensor:
+        """One optimiser step over the global batch: this process's shards, each drawn from its own
+        streams, gradients accumulated and (under torchrun) averaged over the ranks. Returns this
+        process's mean of the ``METRICS`` (on the device, not waited for)."""
         cfg, tc = self.cfg, self.cfg.train
         for group in self.opt.param_groups:
             group["lr"] = tc.lr * lr_factor(self.step, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
-        x0, given = self.task.train_batch(tc.batch_size, self.data_gen)
-        x0 = x0.to(self.device)
-        given = given.to(self.device) if given is not None else None
-        with autocast(self.device, cfg.device.precision):
-            out = diffusion_loss(self.model, x0, self.schedule, cfg.diffusion, cfg.latent, self.step, given, self.noise_gen)
         self.opt.zero_grad(set_to_none=True)
-        self.scaler.scale(out.loss).backward()
+        terms = None
+        last = len(self.streams.shards) - 1
+        for i, (data, noise) in enumerate(zip(self.streams.data, self.streams.noise)):
+            x0, given = self.task.train_batch(self.shard, data)
+            x0 = x0.to(self.device)
+            given = given.to(self.device) if given is not None else None
+            hold = self.net.no_sync() if self.world.distributed and i < last else contextlib.nullcontext()
+            with hold:  # the ranks average their gradients once, in the last pass
+                with autocast(self.device, cfg.device.precision):
+                    loss, stacked = self.net(x0, given, self.step, noise)
+                self.scaler.scale(loss / tc.accumulate if tc.accumulate > 1 else loss).backward()
+            terms = stacked if terms is None else terms + stacked
         if tc.grad_clip > 0:
             self.scaler.unscale_(self.opt)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
-        self.scaler.step(self.opt)
+        self.scaler.step(self.opt)  # skipped by the fp16 scaler when a gradient overflowed
         self.scaler.update()
         self.step += 1
         if self.ema is not None:
             self._update_ema()
-        return out.stacked()
+        return terms / tc.accumulate if tc.accumulate > 1 else terms
+
+    def _sync_window(self) -> None:
+        """Make the metrics window every rank's mean (averaging twice is harmless: a synced window
+        is the same on every rank)."""
+        if self.world.distributed and self._window is not None:
+            self._window = self.world.sum(self._window) / self.world.size
 
     def _check_finite(self, since: int) -> None:
         """Raise if any loss since step ``since`` was not finite. Checked where the loop logs or saves,
         not every step: reading a value back waits for the device, and on a GPU a wait every step
         keeps the host from queueing the next step's work while this one runs."""
+        self._sync_window()
         if self._window is None or torch.isfinite(self._window[_LOSS]):
             return
         kept = (f"the checkpoint of step {self.saved_step} in {self.run_dir} is kept" if self.saved_step is not None
@@ -296,23 +219,49 @@ class Trainer:
         raise TrainingDiverged(f"loss is {float(self._window[_LOSS])} between steps {since} and {self.step}; "
                                f"{kept}; {advice}")
 
+    def _count_flops(self) -> float:
+        """Forward FLOPs of one training sequence x 3 (the backward is about twice the forward), counted
+        by torch on a sequence of token 0 (the count does not depend on the tokens)."""
+        x0 = torch.zeros(1, self.task.length, dtype=torch.long, device=self.device)
+        self.model.eval()  # no dropout: training's random draws stay untouched
+        try:
+            with autocast(self.device, self.cfg.device.precision):
+                return 3 * forward_flops(lambda: diffusion_loss(
+                    self.model, x0, self.schedule, self.cfg.diffusion, self.cfg.latent,
+                    generator=torch.Generator(device=self.device).manual_seed(0)))
+        finally:
+            self.model.train()
+
+    def throughput(self, steps_per_s: float) -> tuple[float, float]:
+        """Training tokens/s of all processes, and the model's FLOP/s per device as a share of the
+        device's plain matmul rate in the run's precision (measured once per process)."""
+        sequences = steps_per_s * self.cfg.train.batch_size
+        share = self._flops * sequences / self.world.size / matmul_rate(self.device, self.cfg.device.precision)
+        return sequences * self.task.length, share
+
     def _log(self, rate: float) -> None:
         """Close the metrics window: ``last_metrics``, validation where due, a line of metrics.jsonl,
-        the callback."""
+        the callback (rank 0)."""
         tc = self.cfg.train
+        self._sync_window()
         self.last_metrics = dict(zip(METRICS, (self._window / self._window_steps).tolist()))
         lr, beta = self.opt.param_groups[0]["lr"], kl_weight(self.cfg.latent, self.step)
         valid = self.validate() if tc.eval_every and self.step % tc.eval_every == 0 else {}
-        history.append(self.run_dir, {"step": self.step, "steps": self._window_steps, **self.last_metrics, "lr": lr,
-                                      "beta": beta, "steps_per_s": round(rate, 3), "elapsed_s": round(self.elapsed, 2),
-                                      **valid})
+        tokens, share = self.throughput(rate)
+        if self.world.main:
+            history.append(self.run_dir, {"step": self.step, "steps": self._window_steps, **self.last_metrics,
+                                          "lr": lr, "beta": beta, "steps_per_s": round(rate, 3),
+                                          "tokens_per_s": round(tokens, 1), "matmul_share": round(share, 4),
+                                          "elapsed_s": round(self.elapsed, 2), **valid})
         self._window, self._window_steps = None, 0
         if self.callback:
-            self.callback(Progress(self.step, tc.steps, self.last_metrics, lr, beta, rate, self.elapsed, valid))
+            self.callback(Progress(self.step, tc.steps, self.last_metrics, lr, beta, rate, self.elapsed, valid,
+                                   tokens, share))
 
     def validate(self) -> dict[str, float]:
         """``valid_bpt``: the NELBO in bits per token of the task's validation sequences (tasks that
-        have a validation split), seeded apart from training's draws, so a run resumes the same."""
+        have a validation split), seeded apart from training's draws, so a run resumes the same;
+        under torchrun each rank scores its share of the batches and the sums are reduced."""
         if not hasattr(self.task, "eval_sequences"):
             return {}
         if self._valid is None:
@@ -320,54 +269,67 @@ class Trainer:
         self.model.eval()
         try:
             with autocast(self.device, self.cfg.device.precision):
-                r = likelihood(self.model, self._valid, self.cfg, draws=1, seed=0,
-                               batch_size=self.cfg.train.batch_size, device=self.device)
+                r = likelihood(self.model, self._valid, self.cfg, draws=1, seed=0, batch_size=self.cfg.train.batch_size,
+                               device=self.device, shard=(self.world.rank, self.world.size))
         finally:
             self.model.train()
-        return {"valid_bpt": r["bits"]}
+        total = self.world.sum(torch.tensor([r["bits"] * r["sequences"], r["sequences"]], dtype=torch.float64))
+        return {"valid_bpt": float(total[0] / total[1])}
 
     def run(self) -> dict[str, float]:
-        """Train to ``train.steps``. SIGINT (Ctrl-C) or SIGTERM ends the current step, saves a
-        checkpoint and raises ``TrainingInterrupted``; the lock is released at the end either way."""
+        """Train to ``train.steps``. SIGINT (Ctrl-C) or SIGTERM, to any rank, ends the current step on
+        every rank, saves a checkpoint and raises ``TrainingInterrupted``; the lock is released at
+        the end either way."""
         try:
             with StopSignals() as stop:
-                try:
-                    self._loop(stop)
-                except KeyboardInterrupt:  # raised by a callback, between two steps
-                    stop.signum = stop.signum or signal.SIGINT
-                if stop.signum is not None:
+                if self._loop(stop):
                     if self.saved_step != self.step:
                         self._check_finite(self.saved_step or 0)  # never save weights that went non-finite
                         self.save()
-                    raise TrainingInterrupted(self.step, self.run_dir, stop.signum)
+                    raise TrainingInterrupted(self.step, self.run_dir, stop.signum or signal.SIGTERM)
         finally:
             self.close()
         return self.last_metrics
 
-    def _loop(self, stop: StopSignals) -> None:
+    def _step(self, prof, t_last: float, steps_last: int, checked: int) -> tuple[float, int, int]:
+        """One step of the loop, with its log line and checkpoint where due."""
         tc = self.cfg.train
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        terms = self.train_step()
+        prof.step()
+        self._window = terms if self._window is None else self._window + terms
+        self._window_steps += 1
+        log = self.step % tc.log_every == 0 or self.step == tc.steps
+        save = self.step % tc.checkpoint_every == 0 or self.step == tc.steps
+        if log or save:
+            self._check_finite(checked)
+            checked = self.step
+        self.elapsed += time.perf_counter() - t0
+        if log:
+            rate = (self.step - steps_last) / max(time.perf_counter() - t_last, 1e-9)
+            self._log(rate)
+            t_last, steps_last = time.perf_counter(), self.step  # validation is not training time
+        if save:
+            self.save()
+        return t_last, steps_last, checked
+
+    def _loop(self, stop: StopSignals) -> bool:
+        """The steps; True if a signal stopped them (every rank agrees on it after each step)."""
+        tc = self.cfg.train
+        if self.world.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         self.model.train()
         checked = self.step
         t_last, steps_last = time.perf_counter(), self.step
-        while self.step < tc.steps and stop.signum is None:
-            t0 = time.perf_counter()
-            terms = self.train_step()
-            self._window = terms if self._window is None else self._window + terms
-            self._window_steps += 1
-            log = self.step % tc.log_every == 0 or self.step == tc.steps
-            save = self.step % tc.checkpoint_every == 0 or self.step == tc.steps
-            if log or save:
-                self._check_finite(checked)
-                checked = self.step
-            self.elapsed += time.perf_counter() - t0
-            if log:
-                now = time.perf_counter()
-                rate = (self.step - steps_last) / max(now - t_last, 1e-9)
-                self._log(rate)
-                t_last, steps_last = time.perf_counter(), self.step  # validation is not training time
-            if save:
-                self.save()
+        with profiler(self.run_dir / "profile", self.profile_steps, self.step, self.world.rank, self.device) as prof:
+            while self.step < tc.steps:
+                if self.world.any(stop.signum is not None):
+                    return True
+                try:
+                    t_last, steps_last, checked = self._step(prof, t_last, steps_last, checked)
+                except KeyboardInterrupt:  # raised by a callback, or outside the main thread
+                    stop.signum = stop.signum or signal.SIGINT
+        return self.world.any(stop.signum is not None)
 
 
 def train(cfg: Config, run_dir: Path, callback=None) -> Trainer:

@@ -1,0 +1,230 @@
+"""Data-parallel training under ``torchrun``: one process per device, torch's own collectives.
+
+``torchrun --nproc_per_node N -m vmd_cli train ...`` starts N processes with ``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` in their environment;
+:func:`join` reads them and joins the process group (NCCL between GPUs, gloo between CPU
+processes). Without them the run is one process and nothing here talks to anyone.
+
+Each step's global batch (``train.batch_size``) is cut into ``world size x train.accumulate``
+shards of equal size; shard k is drawn from its own data and noise streams (shard 0's are the
+single-process run's), by rank k // accumulate. So one process accumulating two shards
+computes the same step as two processes of one shard each, up to the order of float sums,
+and a run can resume under another world size with the same number of shards exactly.
+
+Besides the device backend, a gloo group carries the small host-side messages: the stop flag
+every rank reads at every step boundary (a SIGTERM that reached some ranks first still stops
+all of them after the same step), errors found by rank 0 alone, random states to save.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from vmd.errors import ConfigError, VmdError
+
+ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+class RendezvousError(VmdError):
+    """The processes of a distributed run could not all meet (an address not reached, a timeout)."""
+
+
+@dataclass
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    host_group: object = None  # the gloo group of host-side messages (None: one process)
+
+    @property
+    def main(self) -> bool:
+        """Whether this process writes the run (checkpoints, metrics, progress): rank 0."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    def device(self, kind: str) -> torch.device:
+        """This rank's device of ``kind``: cuda:LOCAL_RANK for CUDA, the CPU otherwise."""
+        return torch.device("cuda", self.local_rank) if kind == "cuda" else torch.device(kind)
+
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on any rank (every rank gets the same answer)."""
+        if not self.distributed:
+            return flag
+        t = torch.tensor([int(flag)])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.host_group)
+        return bool(t.item())
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        """The elementwise sum of ``t`` over ranks (a new tensor on ``t``'s device)."""
+        if not self.distributed:
+            return t
+        t = t.clone()
+        dist.all_reduce(t, group=None if t.device.type == "cuda" else self.host_group)
+        return t
+
+    def gather(self, obj) -> list | None:
+        """Every rank's ``obj`` (a picklable value this process made: never data from a file), on rank 0."""
+        if not self.distributed:
+            return [obj]
+        out = [None] * self.size if self.main else None
+        dist.gather_object(obj, out, dst=0, group=self.host_group)
+        return out
+
+    def share(self, error: BaseException | None) -> None:
+        """Raise on every rank the error rank 0 met (one user-facing line), else nothing: work that
+        rank 0 alone does (making the run directory, a checkpoint) fails or succeeds for all."""
+        if not self.distributed:
+            if error is not None:
+                raise error
+            return
+        msg = [f"{type(error).__name__}\n{error}" if error is not None else None]
+        dist.broadcast_object_list(msg, src=0, group=self.host_group)
+        if msg[0] is not None:
+            if error is not None:
+                raise error
+            kind, text = msg[0].split("\n", 1)
+            shared = _ERRORS.get(kind, VmdError)(text)
+            shared.shared = True  # rank 0 reports it (the CLI keeps the other ranks quiet)
+            raise shared
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier(group=self.host_group)
+
+    @contextlib.contextmanager
+    def first_on_each_node(self):
+        """Local rank 0 of each node runs the block first (e.g. fills a data cache), the others after."""
+        if self.local_rank != 0:
+            self.barrier()
+        yield
+        if self.local_rank == 0:
+            self.barrier()
+
+
+def _errors() -> dict[str, type]:
+    from vmd import errors
+    return {name: cls for name, cls in vars(errors).items() if isinstance(cls, type) and issubclass(cls, VmdError)}
+
+
+_ERRORS = _errors()
+_WORLD: World | None = None
+
+
+def launched() -> bool:
+    """Whether this process was started by torchrun (or its environment) as one of several."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def join(device_kind: str, timeout_s: float) -> World:
+    """This process's place in the run: joins the process group the first time (NCCL for CUDA,
+    gloo otherwise) and returns the same ``World`` after. One process: ``World()``. A rank that
+    cannot reach the others within ``timeout_s`` raises ``RendezvousError`` (one line)."""
+    global _WORLD
+    if _WORLD is not None:
+        return _WORLD
+    if not launched():
+        _WORLD = World()
+        return _WORLD
+    missing = [k for k in ENV if k not in os.environ]
+    if missing:
+        raise RendezvousError(f"WORLD_SIZE is {os.environ['WORLD_SIZE']} but {', '.join(missing)} "
+                              "is not set; start the processes with torchrun")
+    try:
+        rank, size, local = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    except ValueError:
+        raise RendezvousError("RANK, WORLD_SIZE and LOCAL_RANK must be integers; start the processes with torchrun") from None
+    if device_kind == "cuda":
+        if local >= torch.cuda.device_count():
+            raise ConfigError(f"LOCAL_RANK {local} has no GPU: this node has {torch.cuda.device_count()}; "
+                              "start at most that many processes per node (--nproc_per_node)")
+        torch.cuda.set_device(local)
+    backend = "nccl" if device_kind == "cuda" else "gloo"
+    timeout = datetime.timedelta(seconds=timeout_s)
+    where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+    try:
+        dist.init_process_group(backend, timeout=timeout)
+        host = dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else dist.group.WORLD
+        dist.barrier(group=host)  # every rank is here, or a timeout
+    except (RuntimeError, ValueError, OSError) as e:  # DistStoreError and the backends' errors are RuntimeErrors
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RendezvousError(f"could not meet the other {size - 1} process(es) at {where} within {timeout_s:g} s "
+                              f"(device.timeout): {reason}") from None
+    _WORLD = World(rank, size, local, host)
+    return _WORLD
+
+
+def world() -> World:
+    """The world joined so far (one process before ``join``)."""
+    return _WORLD or World()
+
+
+def leave() -> None:
+    """Leave the process group (at the end of a run; harmless when there is none)."""
+    global _WORLD
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    _WORLD = None
+
+
+def check_batch(batch_size: int, w: World, accumulate: int) -> int:
+    """The size of one shard of the global batch, or a one-line error if it does not divide."""
+    shards = w.size * accumulate
+    if batch_size % shards:
+        raise ConfigError(f"train.batch_size ({batch_size}) is the global batch and must divide into {w.size} "
+                          f"process(es) x {accumulate} accumulation step(s) (train.accumulate); "
+                          f"use a multiple of {shards}")
+    return batch_size // shards
+
+
+def _stream_name(kind: str, shard: int) -> str:
+    return kind if shard == 0 else f"{kind}.{shard}"
+
+
+def shard_seeds(seed: int, shard: int, step: int = 0) -> tuple[int, int]:
+    """The data and noise seeds of ``shard``: shard 0's are a single-process run's (seed, seed + 1).
+    ``step`` > 0: a fresh stream for a shard that a resumed run has and its checkpoint had not."""
+    base = seed if shard == 0 and step == 0 else (seed * 1_000_003 + 7_919 * shard + 104_729 * step) % 2**62
+    return base, base + 1
+
+
+class Streams:
+    """The data (CPU) and noise (on the training device) random generators of this process's shards."""
+
+    def __init__(self, seed: int, shards: range, noise_device: torch.device):
+        self.seed, self.shards = seed, shards
+        seeds = [shard_seeds(seed, k) for k in shards]
+        self.data = [torch.Generator().manual_seed(d) for d, _ in seeds]
+        self.noise = [torch.Generator(device=noise_device).manual_seed(n) for _, n in seeds]
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The generators' states by stream name: ``data`` and ``noise`` for shard 0, ``data.K`` ..."""
+        out = {}
+        for k, d, n in zip(self.shards, self.data, self.noise):
+            out[_stream_name("data", k)], out[_stream_name("noise", k)] = d.get_state(), n.get_state()
+        return out
+
+    def restore(self, saved: dict[str, torch.Tensor], step: int, set_state) -> list[int]:
+        """Each shard's saved states through ``set_state(generator, state, name)``; a shard the
+        checkpoint has no stream for (it was saved by fewer processes) starts a fresh stream. Returns
+        the shards that started fresh."""
+        fresh = []
+        for k, d, n in zip(self.shards, self.data, self.noise):
+            names = _stream_name("data", k), _stream_name("noise", k)
+            if all(name in saved for name in names):
+                set_state(d, saved[names[0]], names[0])
+                set_state(n, saved[names[1]].to(torch.uint8), names[1])
+            else:
+                ds, ns = shard_seeds(self.seed, k, step)
+                d.manual_seed(ds)
+                n.manual_seed(ns)
+                fresh.append(k)
+        return fresh

@@ -1,0 +1,138 @@
+"""Opening a run directory for training: a new run (``create``) or a saved one (``resume``).
+
+Under torchrun rank 0 alone makes, checks and locks the directory; what it meets there is raised
+on every rank (``World.share``), so that all of them stop, or none. Every rank builds the model
+and, on resume, reads the checkpoint (several machines: a shared file system).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from vmd import checkpoint, config as C, distributed, history
+from vmd.atomic import clean_stale_temps
+from vmd.config import Config
+from vmd.devices import resolve_device
+from vmd.diffusion import METRICS
+from vmd.errors import CheckpointError, ConfigError
+from vmd.runlock import RunLock, ensure_run_dir
+
+
+def _join(cfg: Config) -> distributed.World:
+    return distributed.join(resolve_device(cfg.device.device).type, cfg.device.timeout)
+
+
+def create(cls, cfg: Config, run_dir: Path, callback=None):
+    """A new ``cls`` (Trainer) run in ``run_dir``, which must not hold a run already (nothing is
+    overwritten). The directory is made and locked first, so a run that cannot write it fails
+    before any work; a start that fails leaves no directory it made."""
+    world = _join(cfg)
+    made, lock, error = not Path(run_dir).exists(), None, None
+    if world.main:
+        try:
+            run_dir = ensure_run_dir(run_dir)
+            lock = RunLock(run_dir)
+            if checkpoint.has_checkpoint(run_dir):
+                raise CheckpointError(f"{run_dir} already holds a run; continue it with --resume or choose another --out")
+            clean_stale_temps(run_dir, locked=True)
+            history.truncate_after(run_dir, 0)  # a run killed before its first checkpoint left nothing to keep
+        except Exception as e:  # noqa: BLE001 - every rank raises it (World.share)
+            error = e
+            if lock is not None:
+                lock.release()
+    world.share(error)
+    try:
+        trainer = cls(cfg, run_dir, callback, lock=lock)
+        if cfg.train.init_from:
+            trainer.start_from(cfg.train.init_from)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        if made and world.main:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    return trainer
+
+
+def resume(cls, run_dir: Path, overrides: Callable[[Config], Config] | None = None, callback=None):
+    """The ``cls`` (Trainer) run in ``run_dir`` as its last checkpoint left it, locked for writing.
+    ``overrides`` may change how it trains, not its model's shape (one line naming the key)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run directory {run_dir} does not exist" if not run_dir.exists()
+                              else f"{run_dir} is a file, not a run directory")
+    if not (run_dir / checkpoint.STATE_FILE).is_file():  # not a run: leave no lock file behind in it
+        checkpoint.load_train_state(run_dir)  # raises the one-line reason
+    saved = checkpoint.read_header(run_dir / checkpoint.STATE_FILE).cfg
+    cfg = overrides(saved) if overrides else saved
+    changed = C.model_changes(saved, cfg)
+    if changed:
+        k, old, new = changed[0]
+        raise ConfigError(f"{k} is {old!r} in {run_dir}; a resumed run keeps its model, so it cannot become "
+                          f"{new!r}: train a new run (train.init_from={run_dir} starts one from these weights)")
+    world = _join(cfg)
+    lock, error, state = None, None, None
+    if world.main:
+        try:
+            lock = RunLock(run_dir)
+            state = checkpoint.load_train_state(run_dir)
+        except Exception as e:  # noqa: BLE001 - every rank raises it (World.share)
+            error = e
+            if lock is not None:
+                lock.release()
+    world.share(error)
+    try:
+        state = state or checkpoint.load_train_state(run_dir)
+        trainer = _restore(cls, run_dir, state, cfg, callback, lock)
+        if world.main:
+            clean_stale_temps(run_dir, locked=True)
+            history.truncate_after(run_dir, trainer.step)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return trainer
+
+
+def _restore(cls, run_dir: Path, state: dict, cfg: Config, callback, lock):
+    meta = checkpoint.read_meta(run_dir)
+    trainer = cls(cfg, run_dir, callback, lock=lock, task_state=state["task_state"] or None)
+    checkpoint.load_into(trainer.model, state["model"], run_dir)
+    if trainer.ema is not None:
+        saved = state["ema"] or trainer.model.state_dict()
+        for k, v in trainer.ema.items():
+            v.copy_(saved[k])
+    try:
+        trainer.opt.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise CheckpointError(f"{run_dir}: optimiser state does not match the model ({e})") from e
+    if state["scaler"] and trainer.scaler.is_enabled():
+        trainer.scaler.load_state_dict(state["scaler"])
+    trainer.step = trainer.saved_step = state["step"]
+    trainer.streams.restore(state["rng"], trainer.step,
+                            lambda g, s, name: checkpoint.set_rng_state(g, s, name, run_dir))
+    trainer.elapsed = float(meta.get("elapsed_s", 0.0))
+    trainer.last_metrics = meta.get("train_metrics", {})
+    if meta.get("step") == trainer.step:  # meta.json is written last: a save cut short leaves an older one
+        _restore_window(trainer, meta.get("window"), run_dir)
+    return trainer
+
+
+def _restore_window(trainer, window, run_dir: Path) -> None:
+    """The metrics summed since the last log, as the checkpoint saved them, so that a resumed run
+    logs the same windows (and the same values) as an uninterrupted one."""
+    if window is None:
+        return
+    try:
+        total, steps = window["sum"], int(window["steps"])
+        if steps and (len(total) != len(METRICS) or steps < 0):
+            raise ValueError
+    except (TypeError, KeyError, ValueError):
+        raise CheckpointError(f"{run_dir / checkpoint.META_FILE}: 'window' is malformed") from None
+    if steps:
+        trainer._window = torch.tensor(total, dtype=torch.float32, device=trainer.device)
+        trainer._window_steps = steps
