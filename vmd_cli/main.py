@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import functools
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -58,7 +59,10 @@ def friendly(fn):
         try:
             return fn(*args, **kwargs)
         except VmdError as e:
-            fail(str(e))
+            if _echoed_by_rank_0(e):
+                raise typer.Exit(2)
+            fail(f"rank {os.environ['RANK']}: {e}" if "RANK" in os.environ and os.environ.get("WORLD_SIZE", "1") != "1"
+                 else str(e))
         except KeyboardInterrupt as e:
             term = isinstance(e, Terminated)
             err.print("terminated" if term else "interrupted")
@@ -70,6 +74,14 @@ def friendly(fn):
             fail(f"{where}{e.strerror or e}")
 
     return wrapper
+
+
+def _echoed_by_rank_0(e: VmdError) -> bool:
+    """Under torchrun, whether rank 0 says this error too and this rank (another) should stay quiet: a
+    config error (every rank has the same config) or one rank 0 met and shared (vmd/distributed.py)."""
+    from vmd.errors import ConfigError
+
+    return os.environ.get("RANK", "0") != "0" and (isinstance(e, ConfigError) or getattr(e, "shared", False))
 
 
 def default_out(name: str) -> Path:
@@ -94,7 +106,11 @@ def _sample_config(cfg: C.Config, **options) -> C.SampleConfig:
              "  vmd train --preset shakespeare-block4   # text: about 20 min on 2 cores\n\n"
              "  vmd train --config my.yaml --set device.precision=bf16\n\n"
              "  vmd train --resume runs/d1 --set train.steps=6000\n\n"
-             "  vmd train --preset sudoku-vmd-tiny --set train.init_from=sudoku-mdm")
+             "  vmd train --preset sudoku-vmd-tiny --set train.init_from=sudoku-mdm\n\n"
+             "  vmd train --preset shakespeare-mdm --profile 10   # a trace in RUN/profile\n\n"
+             "  torchrun --nproc_per_node 8 -m vmd_cli train --preset text8-block4   # data parallel\n\n"
+             "train.batch_size is the global batch: under torchrun each of N processes takes 1/N of it, "
+             "with its own data stream; rank 0 writes the run (docs/distributed.md).")
 @friendly
 def train(
     preset: Optional[str] = typer.Option(None, "--preset", "-p", help="A bundled preset (an unknown name lists them)."),
@@ -102,46 +118,61 @@ def train(
     sets: List[str] = typer.Option([], "--set", "-s", help="Override one key, e.g. train.steps=2000 (repeatable)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory \\[default: runs/PRESET]."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from its last checkpoint."),
+    profile: int = typer.Option(0, "--profile", min=0, metavar="N",
+                                help="Record N steps (after 2 of warm-up) with the torch profiler: a Chrome trace and "
+                                     "a table of the costliest ops in RUN/profile; training then goes on."),
 ):
     """Train a model from a preset or config file; checkpoints go to the run directory. Ctrl-C or
-    SIGTERM finishes the step, saves and exits (130 / 143); --resume continues bitwise."""
+    SIGTERM finishes the step, saves and exits (130 / 143); --resume continues bitwise. The
+    progress line shows tokens/s and the model's FLOP/s as a share of a plain matmul on the
+    device, also written to RUN/metrics.jsonl."""
+    from vmd import distributed
     from vmd.train import Trainer
 
-    if resume is not None:
-        if preset or config_file or out_dir:
-            fail("--resume continues a run with its saved config; only --set may change it")
-        trainer = Trainer.resume(resume, lambda cfg: C.from_dict(C.apply_overrides(C.to_dict(cfg), sets)))
-    else:
-        if not preset and not config_file:
-            fail(f"give --preset NAME or --config FILE; presets: {', '.join(C.list_presets())}")
-        cfg = C.load(preset, config_file, sets)
-        trainer = Trainer.create(cfg, out_dir or default_out(preset or Path(config_file).stem))
-    try:  # the run directory is locked from here: released on every way out
-        _train(trainer, resume)
+    try:
+        if resume is not None:
+            if preset or config_file or out_dir:
+                fail("--resume continues a run with its saved config; only --set may change it")
+            trainer = Trainer.resume(resume, lambda cfg: C.from_dict(C.apply_overrides(C.to_dict(cfg), sets)))
+        else:
+            if not preset and not config_file:
+                fail(f"give --preset NAME or --config FILE; presets: {', '.join(C.list_presets())}")
+            cfg = C.load(preset, config_file, sets)
+            trainer = Trainer.create(cfg, out_dir or default_out(preset or Path(config_file).stem))
+        trainer.profile_steps = profile
+        try:  # the run directory is locked from here: released on every way out
+            _train(trainer, resume)
+        finally:
+            trainer.close()
     finally:
-        trainer.close()
+        distributed.leave()
 
 
 def _train(trainer, resume: Optional[Path]) -> None:
     from vmd.train import TrainingInterrupted
     from vmd_cli.progress import DataProgress, TrainProgress
 
-    run_dir = trainer.run_dir
+    run_dir, main = trainer.run_dir, trainer.world.main
+    say = err if main else Console(stderr=True, quiet=True)  # rank 0 alone reports
     if trainer.step >= trainer.cfg.train.steps:
         fail(f"{resume} is complete at step {trainer.step}; raise train.steps with --set to train on")
-    err.print(f"run [bold]{run_dir}[/]: {trainer.cfg.method} on {task_label(trainer.cfg)}, "
-              f"{trainer.parameters:,} parameters, {trainer.device}", soft_wrap=True)
-    with DataProgress(err) as data_progress:
+    procs = f" x {trainer.world.size} processes" if trainer.world.distributed else ""
+    say.print(f"run [bold]{run_dir}[/]: {trainer.cfg.method} on {task_label(trainer.cfg)}, "
+              f"{trainer.parameters:,} parameters, {trainer.device}{procs}", soft_wrap=True)
+    with trainer.world.first_on_each_node(), DataProgress(say) as data_progress:  # one process fills a data cache
         trainer.task.prepare(data_progress.update)
-    with TrainProgress(err, trainer.step, trainer.cfg.train.steps) as progress:
-        trainer.callback = progress.update
+    with TrainProgress(say, trainer.step, trainer.cfg.train.steps) as progress:
+        trainer.callback = progress.update if main else None
         try:
             trainer.run()
         except TrainingInterrupted as e:
             progress.stop()
-            err.print(f"{e}; continue with: vmd train --resume {e.run_dir}", soft_wrap=True, highlight=False)
+            say.print(f"{e}; continue with: vmd train --resume {e.run_dir}", soft_wrap=True, highlight=False)
             raise typer.Exit(e.exit_code)
-    err.print(f"saved [bold]{run_dir}[/] at step {trainer.step}; evaluate with: vmd eval {run_dir}", soft_wrap=True)
+    if profile_dir := next(iter(sorted((run_dir / "profile").glob("*.json"))), None) if trainer.profile_steps else None:
+        say.print(f"profile of {trainer.profile_steps} steps: {profile_dir} (chrome://tracing or ui.perfetto.dev) and "
+                  f"{profile_dir.with_suffix('.txt')}", soft_wrap=True, highlight=False)
+    say.print(f"saved [bold]{run_dir}[/] at step {trainer.step}; evaluate with: vmd eval {run_dir}", soft_wrap=True)
 
 
 def parse_ints(text: Optional[str], option: str) -> Optional[list[int]]:

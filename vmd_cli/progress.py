@@ -1,4 +1,5 @@
-"""Rich progress bars: making training data, and training (step, loss, latent KL, steps/s, time left)."""
+"""Rich progress bars: making training data, and training (step, loss, latent KL, steps/s, tokens/s, the
+share of the device's matmul rate, time left)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,23 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from vmd.train import Progress as TrainEvent
 
 
+def _si(x: float) -> str:
+    """12345 -> 12.3k: a rate short enough for the progress line."""
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if x >= div:
+            return f"{x / div:.1f}{unit}"
+    return f"{x:.0f}"
+
+
 class TrainProgress:
     def __init__(self, console: Console, start: int, total: int):
         self.bar = Progress(
             TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]}  kl {task.fields[kl]}  bpt {task.fields[bpt]}{task.fields[valid]}"),
-            TextColumn("{task.fields[rate]} it/s"), TimeRemainingColumn(),
+            TextColumn("{task.fields[rate]} it/s{task.fields[speed]}"), TimeRemainingColumn(),
             console=console, transient=False,
         )
-        zero = {"loss": "-", "kl": "-", "bpt": "-", "rate": "-", "valid": ""}
+        zero = {"loss": "-", "kl": "-", "bpt": "-", "rate": "-", "valid": "", "speed": ""}
         self.task = self.bar.add_task("train", total=total, completed=start, **zero)
 
     def __enter__(self):
@@ -34,7 +43,8 @@ class TrainProgress:
     def update(self, ev: TrainEvent) -> None:
         m = ev.metrics
         fields = {"loss": f"{m['loss']:.3f}", "kl": f"{m['latent_kl']:.3f}", "bpt": f"{m['bits_per_token']:.3f}",
-                  "rate": f"{ev.steps_per_s:.1f}"}
+                  "rate": f"{ev.steps_per_s:.1f}", "speed": f"  {_si(ev.tokens_per_s)} tok/s  "
+                                                                     f"{100 * ev.matmul_share:.0f}% matmul"}
         if "valid_bpt" in ev.valid:  # kept until the next validation
             fields["valid"] = f"  valid {ev.valid['valid_bpt']:.3f}"
         self.bar.update(self.task, completed=ev.step, total=ev.total, **fields)
