@@ -188,7 +188,7 @@ def test_files_one_save_behind_and_old_runs_are_accepted(run):
 
 def save_again(trainer, run_dir, **kwargs):
     checkpoint.save(run_dir, trainer.cfg, trainer.step, trainer.model.state_dict(), trainer.ema, trainer.opt, None,
-                    {"data": trainer.data_gen.get_state(), "noise": trainer.noise_gen.get_state()}, {}, **kwargs)
+                    trainer.streams.state(), {}, **kwargs)
 
 
 def run_id_of(run_dir):
