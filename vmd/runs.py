@@ -26,26 +26,40 @@ def _join(cfg: Config) -> distributed.World:
     return distributed.join(resolve_device(cfg.device.device).type, cfg.device.timeout)
 
 
+def _on_rank_0(world: distributed.World, open_dir):
+    """``open_dir()`` on rank 0 alone (None elsewhere); what it raises, every rank raises."""
+    result, error = None, None
+    if world.main:
+        try:
+            result = open_dir()
+        except Exception as e:  # noqa: BLE001 - shared, then raised on every rank
+            error = e
+    world.share(error)
+    return result
+
+
 def create(cls, cfg: Config, run_dir: Path, callback=None):
     """A new ``cls`` (Trainer) run in ``run_dir``, which must not hold a run already (nothing is
     overwritten). The directory is made and locked first, so a run that cannot write it fails
     before any work; a start that fails leaves no directory it made."""
     world = _join(cfg)
-    made, lock, error = not Path(run_dir).exists(), None, None
-    if world.main:
+    made = not Path(run_dir).exists()
+
+    def open_new() -> RunLock:
+        lock = RunLock(ensure_run_dir(run_dir))
         try:
-            run_dir = ensure_run_dir(run_dir)
-            lock = RunLock(run_dir)
             if checkpoint.has_checkpoint(run_dir):
                 raise CheckpointError(f"{run_dir} already holds a run; continue it with --resume or choose another --out")
             clean_stale_temps(run_dir, locked=True)
             history.truncate_after(run_dir, 0)  # a run killed before its first checkpoint left nothing to keep
-        except Exception as e:  # noqa: BLE001 - every rank raises it (World.share)
-            error = e
-            if lock is not None:
-                lock.release()
-    world.share(error)
+        except BaseException:
+            lock.release()
+            raise
+        return lock
+
+    lock = None
     try:
+        lock = _on_rank_0(world, open_new)
         trainer = cls(cfg, run_dir, callback, lock=lock)
         if cfg.train.init_from:
             trainer.start_from(cfg.train.init_from)
@@ -75,16 +89,16 @@ def resume(cls, run_dir: Path, overrides: Callable[[Config], Config] | None = No
         raise ConfigError(f"{k} is {old!r} in {run_dir}; a resumed run keeps its model, so it cannot become "
                           f"{new!r}: train a new run (train.init_from={run_dir} starts one from these weights)")
     world = _join(cfg)
-    lock, error, state = None, None, None
-    if world.main:
+
+    def open_saved() -> tuple[RunLock, dict]:
+        lock = RunLock(run_dir)
         try:
-            lock = RunLock(run_dir)
-            state = checkpoint.load_train_state(run_dir)
-        except Exception as e:  # noqa: BLE001 - every rank raises it (World.share)
-            error = e
-            if lock is not None:
-                lock.release()
-    world.share(error)
+            return lock, checkpoint.load_train_state(run_dir)
+        except BaseException:
+            lock.release()
+            raise
+
+    lock, state = _on_rank_0(world, open_saved) or (None, None)
     try:
         state = state or checkpoint.load_train_state(run_dir)
         trainer = _restore(cls, run_dir, state, cfg, callback, lock)
