@@ -321,27 +321,6 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"latent.{part} must be a multiple of model.heads ({cfg.model.heads})")
 
 
-# the keys that shape a run's model (and so its checkpoint): a resumed run may not change them
-_SHAPE = ("method", "task.name", "task.kind", "task.vocab", "task.length", "task.tokenizer", "task.vocab_size",
-          "model.", "latent.")
-_NOT_SHAPE = {"model.dropout", "latent.beta", "latent.kl_warmup_steps", "latent.free_bits"}
-
-
-def _flat(data: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in data.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
-def model_changes(old: Config, new: Config) -> list[tuple[str, Any, Any]]:
-    """(key, old, new) for each key that shapes the model and differs (a latent's only for VMD)."""
-    a, b = _flat(to_dict(old)), _flat(to_dict(new))
-    keys = [k for k in a if k.startswith(_SHAPE) and k not in _NOT_SHAPE
-            and (not k.startswith("latent.") or "vmd" in (old.method, new.method))]
-    return [(k, a[k], b[k]) for k in keys if a[k] != b[k]]
-
-
 def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 

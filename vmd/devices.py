@@ -73,6 +73,9 @@ def matmul_rate(device: torch.device, precision: str = "fp32") -> float:
                 synchronize(device)
         synchronize(device)
         _RATES[key] = 2 * n**3 * reps / (time.perf_counter() - t0)
+        del a, b
+        if device.type == "cuda":  # give the memory back: the run's batch was sized without it
+            torch.cuda.empty_cache()
     return _RATES[key]
 
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import sys
+import tempfile
 from dataclasses import dataclass
 
 import torch
@@ -29,9 +31,14 @@ import torch.distributed as dist
 from vmd.errors import ConfigError, VmdError
 
 ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+DATA_TIMEOUT = datetime.timedelta(hours=6)  # a first download or puzzle pool may take long; device.timeout is for steps
 
 
-class RendezvousError(VmdError):
+class RankError(VmdError):
+    """An error of this process alone (the CLI prints it on every rank, naming the rank)."""
+
+
+class RendezvousError(RankError):
     """The processes of a distributed run could not all meet (an address not reached, a timeout)."""
 
 
@@ -41,6 +48,7 @@ class World:
     size: int = 1
     local_rank: int = 0
     host_group: object = None  # the gloo group of host-side messages (None: one process)
+    data_group: object = None  # gloo, waiting up to DATA_TIMEOUT: while one process per node fills a data cache
 
     @property
     def main(self) -> bool:
@@ -96,18 +104,40 @@ class World:
             shared.shared = True  # rank 0 reports it (the CLI keeps the other ranks quiet)
             raise shared
 
+    def on_main(self, work):
+        """``work()`` on rank 0 alone (None elsewhere); what it raises, every rank raises."""
+        result, error = None, None
+        if self.main:
+            try:
+                result = work()
+            except Exception as e:  # noqa: BLE001 - shared, then raised on every rank
+                error = e
+        self.share(error)
+        return result
+
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier(group=self.host_group)
 
     @contextlib.contextmanager
     def first_on_each_node(self):
-        """Local rank 0 of each node runs the block first (e.g. fills a data cache), the others after."""
+        """Local rank 0 of each node runs the block first (e.g. downloads text8 or makes a puzzle pool
+        into the data cache), the others after, waiting up to DATA_TIMEOUT for it."""
         if self.local_rank != 0:
-            self.barrier()
+            self._data_barrier()
         yield
         if self.local_rank == 0:
-            self.barrier()
+            self._data_barrier()
+
+    def _data_barrier(self) -> None:
+        if not self.distributed:
+            return
+        try:
+            dist.barrier(group=self.data_group)
+        except RuntimeError as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise RankError(f"waited {DATA_TIMEOUT.total_seconds() / 3600:g} h for the data to be prepared by local "
+                            f"rank 0: {reason}") from None
 
 
 def _errors() -> dict[str, type]:
@@ -121,7 +151,36 @@ _WORLD: World | None = None
 
 def launched() -> bool:
     """Whether this process was started by torchrun (or its environment) as one of several."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    try:
+        return int(os.environ.get("WORLD_SIZE") or 1) > 1
+    except ValueError:
+        return True  # join says what is wrong with it
+
+
+def env_rank() -> int:
+    """This process's rank as torchrun's environment gives it (0 when it is not one of several)."""
+    try:
+        return int(os.environ.get("RANK") or 0) if launched() else 0
+    except ValueError:
+        return 0
+
+
+@contextlib.contextmanager
+def _native_stderr_held():
+    """c10d's C++ logger prints each failed connection attempt of the rendezvous with a native stack
+    trace; held here and dropped: the one-line RendezvousError says what failed. (The rest of the
+    run keeps torch's C++ log, e.g. NCCL's watchdog.)"""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
 
 
 def join(device_kind: str, timeout_s: float) -> World:
@@ -144,21 +203,23 @@ def join(device_kind: str, timeout_s: float) -> World:
         raise RendezvousError("RANK, WORLD_SIZE and LOCAL_RANK must be integers; start the processes with torchrun") from None
     if device_kind == "cuda":
         if local >= torch.cuda.device_count():
-            raise ConfigError(f"LOCAL_RANK {local} has no GPU: this node has {torch.cuda.device_count()}; "
-                              "start at most that many processes per node (--nproc_per_node)")
+            raise RankError(f"LOCAL_RANK {local} has no GPU: this node has {torch.cuda.device_count()}; "
+                            "start at most that many processes per node (--nproc_per_node)")
         torch.cuda.set_device(local)
     backend = "nccl" if device_kind == "cuda" else "gloo"
     timeout = datetime.timedelta(seconds=timeout_s)
     where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
     try:
-        dist.init_process_group(backend, timeout=timeout)
-        host = dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else dist.group.WORLD
-        dist.barrier(group=host)  # every rank is here, or a timeout
+        with _native_stderr_held():
+            dist.init_process_group(backend, timeout=timeout)
+            host = dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else dist.group.WORLD
+            data = dist.new_group(backend="gloo", timeout=DATA_TIMEOUT)
+            dist.barrier(group=host)  # every rank is here, or a timeout
     except (RuntimeError, ValueError, OSError) as e:  # DistStoreError and the backends' errors are RuntimeErrors
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise RendezvousError(f"could not meet the other {size - 1} process(es) at {where} within {timeout_s:g} s "
                               f"(device.timeout): {reason}") from None
-    _WORLD = World(rank, size, local, host)
+    _WORLD = World(rank, size, local, host, data)
     return _WORLD
 
 

@@ -26,16 +26,21 @@ def _join(cfg: Config) -> distributed.World:
     return distributed.join(resolve_device(cfg.device.device).type, cfg.device.timeout)
 
 
-def _on_rank_0(world: distributed.World, open_dir):
-    """``open_dir()`` on rank 0 alone (None elsewhere); what it raises, every rank raises."""
-    result, error = None, None
-    if world.main:
-        try:
-            result = open_dir()
-        except Exception as e:  # noqa: BLE001 - shared, then raised on every rank
-            error = e
-    world.share(error)
-    return result
+# the keys that shape a run's model (and so its checkpoint): a resumed run may not change them
+_SHAPE = {"text": ("task.length", "task.tokenizer", "task.vocab_size"), "synthetic": ("task.kind", "task.vocab"),
+          "sudoku": ()}
+_NOT_SHAPE = {"model.dropout", "latent.beta", "latent.kl_warmup_steps", "latent.free_bits"}
+
+
+def model_changes(old: Config, new: Config) -> list[tuple[str, object, object]]:
+    """(key, old, new) for each key that shapes the model and differs: the method, the task and the
+    keys that size its model, the model's and (for a VMD) the latent's, but for training knobs."""
+    a, b = C.to_dict(old), C.to_dict(new)
+    flat = {f"{section}.{k}": (v, b[section][k]) for section in ("task", "model", "latent") for k, v in a[section].items()}
+    keys = ["task.name", *_SHAPE[old.task.name], *(k for k in flat if k.startswith("model.")),
+            *(k for k in flat if k.startswith("latent.") and "vmd" in (old.method, new.method))]
+    changes = [("method", old.method, new.method)] if old.method != new.method else []
+    return changes + [(k, *flat[k]) for k in keys if k not in _NOT_SHAPE and flat[k][0] != flat[k][1]]
 
 
 def create(cls, cfg: Config, run_dir: Path, callback=None):
@@ -59,7 +64,7 @@ def create(cls, cfg: Config, run_dir: Path, callback=None):
 
     lock = None
     try:
-        lock = _on_rank_0(world, open_new)
+        lock = world.on_main(open_new)
         trainer = cls(cfg, run_dir, callback, lock=lock)
         if cfg.train.init_from:
             trainer.start_from(cfg.train.init_from)
@@ -83,7 +88,7 @@ def resume(cls, run_dir: Path, overrides: Callable[[Config], Config] | None = No
         checkpoint.load_train_state(run_dir)  # raises the one-line reason
     saved = checkpoint.read_header(run_dir / checkpoint.STATE_FILE).cfg
     cfg = overrides(saved) if overrides else saved
-    changed = C.model_changes(saved, cfg)
+    changed = model_changes(saved, cfg)
     if changed:
         k, old, new = changed[0]
         raise ConfigError(f"{k} is {old!r} in {run_dir}; a resumed run keeps its model, so it cannot become "
@@ -98,7 +103,7 @@ def resume(cls, run_dir: Path, overrides: Callable[[Config], Config] | None = No
             lock.release()
             raise
 
-    lock, state = _on_rank_0(world, open_saved) or (None, None)
+    lock, state = world.on_main(open_saved) or (None, None)
     try:
         state = state or checkpoint.load_train_state(run_dir)
         trainer = _restore(cls, run_dir, state, cfg, callback, lock)

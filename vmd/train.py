@@ -18,7 +18,7 @@ from vmd import checkpoint, distributed, history, runs
 from vmd.config import Config
 from vmd.devices import autocast, check_precision, forward_flops, matmul_rate, profiler, resolve_device  # noqa: F401
 from vmd.diffusion import METRICS, diffusion_loss, kl_weight
-from vmd.errors import CheckpointError, ConfigError, TrainingDiverged
+from vmd.errors import CheckpointError, TrainingDiverged
 from vmd.evaluate import likelihood
 from vmd.model import adapt, build_model, count_parameters
 from vmd.models import resolve as resolve_model
@@ -28,6 +28,7 @@ from vmd.stopping import StopSignals, TrainingInterrupted  # noqa: F401 (re-expo
 from vmd.tasks import make_task
 
 _LOSS = METRICS.index("loss")  # the loss's row in Loss.stacked()
+VALID_BATCH = 32  # validation sequences per pass: whatever the batch, processes and accumulation
 
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -83,7 +84,8 @@ class Trainer:
         kind = resolve_device(cfg.device.device).type
         self.world = distributed.join(kind, cfg.device.timeout)
         if self.world.distributed and kind == "mps":
-            raise ConfigError("data parallel training runs on CUDA GPUs or CPUs; set device.device=cpu for MPS hosts")
+            raise distributed.RankError("data parallel training runs on CUDA GPUs or CPUs; set device.device=cpu "
+                                        "for MPS hosts")
         self.device = self.world.device(kind)
         check_precision(self.device, cfg.device.precision)
         self.shard = distributed.check_batch(cfg.train.batch_size, self.world, cfg.train.accumulate)
@@ -92,14 +94,17 @@ class Trainer:
         self.model = build_model(cfg, self.task.vocab, self.task.length, self.task.layout).to(self.device)
         self.parameters = count_parameters(self.model)
         self.schedule = make_schedule(cfg.diffusion.schedule)
+        params = adapt.freeze_denoiser(self.model) if cfg.train.freeze_denoiser else list(self.model.parameters())
         self.net = LossNet(self.model, self.schedule, cfg)
         if self.world.distributed:  # the same initial weights everywhere (seeded), broadcast from rank 0 anyway
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = torch.nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
+            # after freezing (DDP waits for the gradients of what requires them); the buffers are constants
+            self.net = torch.nn.parallel.DistributedDataParallel(self.net, device_ids=ids, broadcast_buffers=False)
+            if self.world.rank:  # dropout draws from the global generator: its own masks on each rank
+                torch.manual_seed(distributed.shard_seeds(cfg.train.seed, self.world.rank * cfg.train.accumulate)[1] + 1)
         # fused on CPU and CUDA: one kernel per parameter, where the CPU foreach fallback runs a loop
         # of small ops (the synthetic presets train 5-29% faster, docs/results-synthetic.md)
         fused = {"fused": True} if self.device.type in ("cpu", "cuda") else {"foreach": True}
-        params = adapt.freeze_denoiser(self.model) if cfg.train.freeze_denoiser else list(self.model.parameters())
         self.opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
                                      betas=(0.9, 0.99), **fused)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.device.precision == "fp16")
@@ -113,6 +118,7 @@ class Trainer:
         self._window, self._window_steps = None, 0  # the metrics summed on the device since the last log
         self._valid = None  # the validation sequences, read on first use
         self._flops = self._count_flops()  # of one training sequence, forward and backward
+        self._interrupted = False  # a KeyboardInterrupt raised by the callback: stop after this step
 
     @classmethod
     def create(cls, cfg: Config, run_dir: Path, callback=None) -> "Trainer":
@@ -140,13 +146,7 @@ class Trainer:
         write is raised on every rank."""
         self._sync_window()
         streams = self.world.gather(self.streams.state())
-        error = None
-        if self.world.main:
-            try:
-                self._write({k: v for part in streams for k, v in part.items()})
-            except Exception as e:  # noqa: BLE001 - every rank raises it (World.share)
-                error = e
-        self.world.share(error)
+        self.world.on_main(lambda: self._write({k: v for part in streams for k, v in part.items()}))
         self.saved_step = self.step
 
     def _write(self, rng: dict) -> None:
@@ -255,8 +255,11 @@ class Trainer:
                                           "elapsed_s": round(self.elapsed, 2), **valid})
         self._window, self._window_steps = None, 0
         if self.callback:
-            self.callback(Progress(self.step, tc.steps, self.last_metrics, lr, beta, rate, self.elapsed, valid,
-                                   tokens, share))
+            try:
+                self.callback(Progress(self.step, tc.steps, self.last_metrics, lr, beta, rate, self.elapsed, valid,
+                                       tokens, share))
+            except KeyboardInterrupt:  # the rest of the step (its checkpoint, every rank's part) goes on
+                self._interrupted = True
 
     def validate(self) -> dict[str, float]:
         """``valid_bpt``: the NELBO in bits per token of the task's validation sequences (tasks that
@@ -269,7 +272,7 @@ class Trainer:
         self.model.eval()
         try:
             with autocast(self.device, self.cfg.device.precision):
-                r = likelihood(self.model, self._valid, self.cfg, draws=1, seed=0, batch_size=self.cfg.train.batch_size,
+                r = likelihood(self.model, self._valid, self.cfg, draws=1, seed=0, batch_size=VALID_BATCH,
                                device=self.device, shard=(self.world.rank, self.world.size))
         finally:
             self.model.train()
@@ -306,15 +309,16 @@ class Trainer:
             checked = self.step
         self.elapsed += time.perf_counter() - t0
         if log:
-            rate = (self.step - steps_last) / max(time.perf_counter() - t_last, 1e-9)
-            self._log(rate)
-            t_last, steps_last = time.perf_counter(), self.step  # validation is not training time
+            self._log((self.step - steps_last) / max(time.perf_counter() - t_last, 1e-9))
         if save:
             self.save()
+        if log:  # validation and checkpoints are not training time
+            t_last, steps_last = time.perf_counter(), self.step
         return t_last, steps_last, checked
 
     def _loop(self, stop: StopSignals) -> bool:
-        """The steps; True if a signal stopped them (every rank agrees on it after each step)."""
+        """The steps; True if a signal stopped them before the last (every rank agrees on it after
+        each step: all stop after the same one)."""
         tc = self.cfg.train
         if self.world.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -323,13 +327,17 @@ class Trainer:
         t_last, steps_last = time.perf_counter(), self.step
         with profiler(self.run_dir / "profile", self.profile_steps, self.step, self.world.rank, self.device) as prof:
             while self.step < tc.steps:
+                if self._interrupted:
+                    stop.signum = stop.signum or signal.SIGINT
                 if self.world.any(stop.signum is not None):
                     return True
                 try:
                     t_last, steps_last, checked = self._step(prof, t_last, steps_last, checked)
-                except KeyboardInterrupt:  # raised by a callback, or outside the main thread
+                except KeyboardInterrupt:  # outside the main thread, where no signal handler records it
+                    if self.world.distributed:  # the other ranks are inside this step's collectives
+                        raise
                     stop.signum = stop.signum or signal.SIGINT
-        return self.world.any(stop.signum is not None)
+        return False  # complete: a signal during the last step's save changes nothing
 
 
 def train(cfg: Config, run_dir: Path, callback=None) -> Trainer:
