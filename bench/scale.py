@@ -123,7 +123,10 @@ def _text_bpc(run: Path) -> dict | None:
     if not (run / checkpoint.MODEL_FILE).exists():
         print(f"  {run}: not trained, left out", flush=True)
         return None
-    model, cfg, _, task = checkpoint.load_run(run)
+    model, cfg, step, task = checkpoint.load_run(run)
+    if step < cfg.train.steps:
+        print(f"  {run}: {step} of {cfg.train.steps} steps, left out", flush=True)
+        return None
     r = likelihood(model, task.eval_sequences("test", 200), cfg, draws=4, seed=0, batch_size=32)
     meta = checkpoint.read_meta(run)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -135,3 +135,21 @@ def test_bad_distributed_input_is_one_line(tmp_path):
     line = assert_one_line(vmd("train", "--resume", run, "--set", "model.dim=64"))
     assert "model.dim is 32" in line and "keeps its model" in line
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_a_frozen_denoiser_trains_its_latent_path_under_torchrun(tmp_path):
+    """DDP waits only for the gradients of what trains: freezing comes before the wrapper."""
+    from tests.conftest import tiny
+    from vmd.train import train
+
+    train(tiny("mdm", steps=4, model={"dim": 32, "layers": 1, "heads": 2}), tmp_path / "mdm")
+    sets = ["device.device=cpu", "train.steps=4", "train.log_every=2", f"train.init_from={tmp_path / 'mdm'}",
+            "train.freeze_denoiser=true", "model.dim=32", "model.layers=1", "model.heads=2", "latent.encoder_dim=32",
+            "latent.prior_dim=32"]
+    run = tmp_path / "vmd"
+    r = vmd("train", "--preset", "synthetic-2tok-vmd", *[a for s in sets for a in ("--set", s)], "--out", run, procs=2)
+    assert r.returncode == 0, r.stderr
+    start = load_file(str(tmp_path / "mdm" / "model.safetensors"))  # the weights init_from starts from
+    after = state(run)
+    denoiser = [k for k in start if f"model.{k}" in after]
+    assert denoiser and all(torch.equal(start[k], after[f"model.{k}"]) for k in denoiser)

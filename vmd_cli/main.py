@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import functools
 import json
-import os
 import signal
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from vmd import config as C
+from vmd.distributed import RankError, env_rank, launched
 from vmd.allocator import keep_freed_memory
 from vmd.errors import VmdError
 from vmd.models import NAMES_HELP
@@ -33,7 +33,7 @@ app = typer.Typer(
     add_completion=False,
 )
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, quiet=env_rank() != 0)  # under torchrun, rank 0 alone reports
 
 
 def print_error(message: str) -> None:
@@ -58,11 +58,14 @@ def friendly(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except VmdError as e:
-            if _echoed_by_rank_0(e):
+        except RankError as e:  # this process's own: every rank says it, naming itself
+            if env_rank():
+                Console(stderr=True).print(f"[bold red]error:[/] rank {env_rank()}: {escape(str(e))}", highlight=False,
+                                           soft_wrap=True)
                 raise typer.Exit(2)
-            fail(f"rank {os.environ['RANK']}: {e}" if "RANK" in os.environ and os.environ.get("WORLD_SIZE", "1") != "1"
-                 else str(e))
+            fail(f"rank 0: {e}" if launched() else str(e))
+        except VmdError as e:
+            fail(str(e))
         except KeyboardInterrupt as e:
             term = isinstance(e, Terminated)
             err.print("terminated" if term else "interrupted")
@@ -74,14 +77,6 @@ def friendly(fn):
             fail(f"{where}{e.strerror or e}")
 
     return wrapper
-
-
-def _echoed_by_rank_0(e: VmdError) -> bool:
-    """Under torchrun, whether rank 0 says this error too and this rank (another) should stay quiet: a
-    config error (every rank has the same config) or one rank 0 met and shared (vmd/distributed.py)."""
-    from vmd.errors import ConfigError
-
-    return os.environ.get("RANK", "0") != "0" and (isinstance(e, ConfigError) or getattr(e, "shared", False))
 
 
 def default_out(name: str) -> Path:
@@ -152,8 +147,7 @@ def _train(trainer, resume: Optional[Path]) -> None:
     from vmd.train import TrainingInterrupted
     from vmd_cli.progress import DataProgress, TrainProgress
 
-    run_dir, main = trainer.run_dir, trainer.world.main
-    say = err if main else Console(stderr=True, quiet=True)  # rank 0 alone reports
+    run_dir, say = trainer.run_dir, err
     if trainer.step >= trainer.cfg.train.steps:
         fail(f"{resume} is complete at step {trainer.step}; raise train.steps with --set to train on")
     procs = f" x {trainer.world.size} processes" if trainer.world.distributed else ""
@@ -162,7 +156,7 @@ def _train(trainer, resume: Optional[Path]) -> None:
     with trainer.world.first_on_each_node(), DataProgress(say) as data_progress:  # one process fills a data cache
         trainer.task.prepare(data_progress.update)
     with TrainProgress(say, trainer.step, trainer.cfg.train.steps) as progress:
-        trainer.callback = progress.update if main else None
+        trainer.callback = progress.update if trainer.world.main else None
         try:
             trainer.run()
         except TrainingInterrupted as e:
@@ -213,7 +207,7 @@ def load_any(source: str, device: Optional[str], with_task: bool = False):
     step, device), and with ``with_task`` the run's task (rebuilt from what the run stored)."""
     from vmd.checkpoint import load_run
     from vmd.models import resolve
-    from vmd.train import resolve_device
+    from vmd.devices import resolve_device
 
     model, cfg, step, task = load_run(resolve(source), "cpu")
     dev = resolve_device(device or cfg.device.device)
