@@ -23,3 +23,20 @@ def test_metrics_carry_throughput_and_profile_writes_a_trace(tmp_path):
     assert any("aten::" in e.get("name", "") for e in events)  # the ops of the training steps
     table = (run / "profile" / "steps3-5-rank0.txt").read_text()
     assert "Self CPU" in table and "aten::" in table
+
+
+def test_the_flop_count_is_the_models_six_per_parameter_per_token(tmp_path):
+    """Forward and backward of a transformer: about 6 FLOPs per weight per token, over 2L tokens for a
+    block model (xt and x0); the attention adds a little. A count off by orders of magnitude (fused
+    kernels the counter does not see) fails here."""
+    from tests.test_text_train import CORPUS
+    from vmd import config as C
+    from vmd.train import Trainer
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(CORPUS)
+    cfg = C.load("shakespeare-bd3-block4", None, [f"task.file={corpus}", "device.device=cpu"])
+    trainer = Trainer(cfg, tmp_path / "r")
+    weights = sum(p.numel() for n, p in trainer.model.named_parameters() if p.dim() == 2 and "embed" not in n)
+    expected = 6 * weights * 2 * cfg.task.length
+    assert 0.9 * expected < trainer._flops < 1.5 * expected, (trainer._flops, expected)

@@ -80,8 +80,10 @@ def matmul_rate(device: torch.device, precision: str = "fp32") -> float:
 
 
 def forward_flops(fn) -> float:
-    """The FLOPs torch counts (matmuls, attention) in ``fn()``, run without gradients."""
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    """The FLOPs torch counts (matmuls, attention) in ``fn()``, a forward pass. Run with gradients on
+    (nothing calls backward): without them the CPU takes fused inference kernels that torch's
+    counter does not see."""
+    with torch.enable_grad(), FlopCounterMode(display=False) as counter:
         fn()
     return float(counter.get_total_flops())
 
