@@ -25,8 +25,8 @@ from pathlib import Path
 
 from _docs import made_by, write_sections
 from synthetic import score, train_or_reuse
+from text import score_bpc
 from vmd import checkpoint, config as C
-from vmd.evaluate import likelihood
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "results-distributed.md"
@@ -123,11 +123,11 @@ def _text_bpc(run: Path) -> dict | None:
     if not (run / checkpoint.MODEL_FILE).exists():
         print(f"  {run}: not trained, left out", flush=True)
         return None
-    model, cfg, step, task = checkpoint.load_run(run)
+    _, cfg, step = checkpoint.load_model(run)
     if step < cfg.train.steps:
         print(f"  {run}: {step} of {cfg.train.steps} steps, left out", flush=True)
         return None
-    r = likelihood(model, task.eval_sequences("test", 200), cfg, draws=4, seed=0, batch_size=32)
+    r, _, _ = score_bpc(run, 200)
     meta = checkpoint.read_meta(run)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return {"bpc": r["bits"], "stderr": r["stderr"], "seed": cfg.train.seed, "minutes": meta.get("elapsed_s", 0) / 60,

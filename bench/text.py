@@ -97,10 +97,15 @@ def train_and_score(name: str, seed: int, steps: int | None, max_sequences: int,
         trainer.task.prepare()
         trainer.run()
         print(f"  trained {name} seed {seed}: {trainer.step} steps, {time.perf_counter() - t0:.0f} s", flush=True)
-    model, cfg, step, task = checkpoint.load_run(run)
-    sequences = task.eval_sequences("test", max_sequences)
-    r = likelihood(model, sequences, cfg, draws=4, seed=0, batch_size=32)  # batches as vmd eval's
+    r, _, step = score_bpc(run, max_sequences)
     return {"bpc": r["bits"], "stderr": r["stderr"], "sequences": r["sequences"], "step": step}
+
+
+def score_bpc(run: Path, max_sequences: int) -> tuple[dict, C.Config, int]:
+    """The run's test BPC as `vmd eval RUN --max-sequences N` computes it (batches of 32, 4 draws of
+    the times, seed 0): (``likelihood``'s result, the run's config, its step)."""
+    model, cfg, step, task = checkpoint.load_run(run)
+    return likelihood(model, task.eval_sequences("test", max_sequences), cfg, draws=4, seed=0, batch_size=32), cfg, step
 
 
 def main() -> None:

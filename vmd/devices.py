@@ -91,25 +91,30 @@ def forward_flops(fn) -> float:
 def profiler(out: Path, steps: int, step: int, rank: int, device: torch.device):
     """A torch profiler over ``steps`` training steps after two of warm-up (from step ``step`` + 3),
     writing a Chrome trace (chrome://tracing, Perfetto) and a table of the costliest ops into ``out``,
-    one of each per rank. Call ``.step()`` after each training step. ``steps`` 0: does nothing."""
+    one of each per rank. Call ``.step()`` after each training step; ``.trace_path`` is the trace's
+    file. ``steps`` 0: does nothing."""
     if steps <= 0:
         return contextlib.nullcontext(_NoProfiler())
     from torch.profiler import ProfilerActivity, profile, schedule
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     first = step + 3
+    trace = out / f"steps{first}-{first + steps - 1}-rank{rank}.json"
 
     def write(prof) -> None:
         out.mkdir(parents=True, exist_ok=True)
-        stem = out / f"steps{first}-{first + steps - 1}-rank{rank}"
-        prof.export_chrome_trace(f"{stem}.json")
+        prof.export_chrome_trace(str(trace))
         sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-        Path(f"{stem}.txt").write_text(prof.key_averages().table(sort_by=sort, row_limit=30) + "\n")
+        trace.with_suffix(".txt").write_text(prof.key_averages().table(sort_by=sort, row_limit=30) + "\n")
 
-    return profile(activities=activities, schedule=schedule(wait=0, warmup=2, active=steps, repeat=1),
+    prof = profile(activities=activities, schedule=schedule(wait=0, warmup=2, active=steps, repeat=1),
                    on_trace_ready=write, record_shapes=True)
+    prof.trace_path = trace  # where the trace goes, once its steps have run
+    return prof
 
 
 class _NoProfiler:
+    trace_path = None
+
     def step(self) -> None:
         pass

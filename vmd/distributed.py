@@ -87,37 +87,26 @@ class World:
         dist.gather_object(obj, out, dst=0, group=self.host_group)
         return out
 
-    def share(self, error: BaseException | None) -> None:
-        """Raise on every rank the error rank 0 met (one user-facing line), else nothing: work that
-        rank 0 alone does (making the run directory, a checkpoint) fails or succeeds for all."""
-        if not self.distributed:
-            if error is not None:
-                raise error
-            return
-        msg = [f"{type(error).__name__}\n{error}" if error is not None else None]
-        dist.broadcast_object_list(msg, src=0, group=self.host_group)
-        if msg[0] is not None:
-            if error is not None:
-                raise error
-            kind, text = msg[0].split("\n", 1)
-            shared = _ERRORS.get(kind, VmdError)(text)
-            shared.shared = True  # rank 0 reports it (the CLI keeps the other ranks quiet)
-            raise shared
-
     def on_main(self, work):
-        """``work()`` on rank 0 alone (None elsewhere); what it raises, every rank raises."""
-        result, error = None, None
+        """``work()`` on rank 0 alone (None elsewhere): making the run directory, writing a
+        checkpoint. What it raises, every rank raises (the same class and line), so that all of
+        them stop or none."""
+        if not self.distributed:
+            return work()
+        result, msg = None, [None]
         if self.main:
             try:
                 result = work()
-            except Exception as e:  # noqa: BLE001 - shared, then raised on every rank
+            except Exception as e:  # noqa: BLE001 - sent to the other ranks, then raised here too
+                msg = [f"{type(e).__name__}\n{e}"]
                 error = e
-        self.share(error)
+        dist.broadcast_object_list(msg, src=0, group=self.host_group)
+        if msg[0] is not None:
+            if self.main:
+                raise error
+            kind, text = msg[0].split("\n", 1)
+            raise _ERRORS.get(kind, VmdError)(text)
         return result
-
-    def barrier(self) -> None:
-        if self.distributed:
-            dist.barrier(group=self.host_group)
 
     @contextlib.contextmanager
     def first_on_each_node(self):
@@ -135,9 +124,8 @@ class World:
         try:
             dist.barrier(group=self.data_group)
         except RuntimeError as e:
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise RankError(f"waited {DATA_TIMEOUT.total_seconds() / 3600:g} h for the data to be prepared by local "
-                            f"rank 0: {reason}") from None
+                            f"rank 0: {_first_line(e)}") from None
 
 
 def _errors() -> dict[str, type]:
@@ -147,6 +135,12 @@ def _errors() -> dict[str, type]:
 
 _ERRORS = _errors()
 _WORLD: World | None = None
+
+
+def _first_line(e: BaseException) -> str:
+    """A torch.distributed error in one line (its messages run on with native details)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def launched() -> bool:
@@ -216,16 +210,10 @@ def join(device_kind: str, timeout_s: float) -> World:
             data = dist.new_group(backend="gloo", timeout=DATA_TIMEOUT)
             dist.barrier(group=host)  # every rank is here, or a timeout
     except (RuntimeError, ValueError, OSError) as e:  # DistStoreError and the backends' errors are RuntimeErrors
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise RendezvousError(f"could not meet the other {size - 1} process(es) at {where} within {timeout_s:g} s "
-                              f"(device.timeout): {reason}") from None
+                              f"(device.timeout): {_first_line(e)}") from None
     _WORLD = World(rank, size, local, host, data)
     return _WORLD
-
-
-def world() -> World:
-    """The world joined so far (one process before ``join``)."""
-    return _WORLD or World()
 
 
 def leave() -> None:
@@ -273,11 +261,9 @@ class Streams:
             out[_stream_name("data", k)], out[_stream_name("noise", k)] = d.get_state(), n.get_state()
         return out
 
-    def restore(self, saved: dict[str, torch.Tensor], step: int, set_state) -> list[int]:
+    def restore(self, saved: dict[str, torch.Tensor], step: int, set_state) -> None:
         """Each shard's saved states through ``set_state(generator, state, name)``; a shard the
-        checkpoint has no stream for (it was saved by fewer processes) starts a fresh stream. Returns
-        the shards that started fresh."""
-        fresh = []
+        checkpoint has no stream for (it was saved by fewer processes) starts a fresh stream."""
         for k, d, n in zip(self.shards, self.data, self.noise):
             names = _stream_name("data", k), _stream_name("noise", k)
             if all(name in saved for name in names):
@@ -287,5 +273,3 @@ class Streams:
                 ds, ns = shard_seeds(self.seed, k, step)
                 d.manual_seed(ds)
                 n.manual_seed(ns)
-                fresh.append(k)
-        return fresh

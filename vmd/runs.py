@@ -1,7 +1,7 @@
 """Opening a run directory for training: a new run (``create``) or a saved one (``resume``).
 
 Under torchrun rank 0 alone makes, checks and locks the directory; what it meets there is raised
-on every rank (``World.share``), so that all of them stop, or none. Every rank builds the model
+on every rank (``World.on_main``), so that all of them stop, or none. Every rank builds the model
 and, on resume, reads the checkpoint (several machines: a shared file system).
 """
 

@@ -16,7 +16,7 @@ import torch
 
 from vmd import checkpoint, distributed, history, runs
 from vmd.config import Config
-from vmd.devices import autocast, check_precision, forward_flops, matmul_rate, profiler, resolve_device  # noqa: F401
+from vmd.devices import autocast, check_precision, forward_flops, matmul_rate, profiler, resolve_device
 from vmd.diffusion import METRICS, diffusion_loss, kl_weight
 from vmd.errors import CheckpointError, TrainingDiverged
 from vmd.evaluate import likelihood
@@ -24,7 +24,7 @@ from vmd.model import adapt, build_model, count_parameters
 from vmd.models import resolve as resolve_model
 from vmd.runlock import RunLock
 from vmd.schedule import make_schedule
-from vmd.stopping import StopSignals, TrainingInterrupted  # noqa: F401 (re-exported)
+from vmd.stopping import StopSignals, TrainingInterrupted
 from vmd.tasks import make_task
 
 _LOSS = METRICS.index("loss")  # the loss's row in Loss.stacked()
@@ -77,6 +77,7 @@ class Trainer:
     lock: RunLock | None = None  # rank 0's, held from create / resume until the run ends (``close``)
     task_state: dict | None = None  # a resumed run's stored task state (vmd.tasks.make_task)
     profile_steps: int = 0  # > 0: a torch profiler trace of that many steps in RUN/profile (vmd.devices)
+    profile_trace: Path | None = None  # the trace's file, once profiling has started
 
     def __post_init__(self):
         cfg = self.cfg
@@ -187,7 +188,7 @@ class Trainer:
             with hold:  # the ranks average their gradients once, in the last pass
                 with autocast(self.device, cfg.device.precision):
                     loss, stacked = self.net(x0, given, self.step, noise)
-                self.scaler.scale(loss / tc.accumulate if tc.accumulate > 1 else loss).backward()
+                self.scaler.scale(loss / tc.accumulate).backward()  # / 1 is exact: one pass is unchanged
             terms = stacked if terms is None else terms + stacked
         if tc.grad_clip > 0:
             self.scaler.unscale_(self.opt)
@@ -197,7 +198,7 @@ class Trainer:
         self.step += 1
         if self.ema is not None:
             self._update_ema()
-        return terms / tc.accumulate if tc.accumulate > 1 else terms
+        return terms / tc.accumulate
 
     def _sync_window(self) -> None:
         """Make the metrics window every rank's mean (averaging twice is harmless: a synced window
@@ -326,6 +327,7 @@ class Trainer:
         checked = self.step
         t_last, steps_last = time.perf_counter(), self.step
         with profiler(self.run_dir / "profile", self.profile_steps, self.step, self.world.rank, self.device) as prof:
+            self.profile_trace = prof.trace_path
             while self.step < tc.steps:
                 if self._interrupted:
                     stop.signum = stop.signum or signal.SIGINT

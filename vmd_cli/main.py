@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from vmd import config as C
-from vmd.distributed import RankError, env_rank, launched
+from vmd.distributed import RankError, env_rank, launched, leave
 from vmd.allocator import keep_freed_memory
 from vmd.errors import VmdError
 from vmd.models import NAMES_HELP
@@ -36,8 +36,8 @@ out = Console()
 err = Console(stderr=True, quiet=env_rank() != 0)  # under torchrun, rank 0 alone reports
 
 
-def print_error(message: str) -> None:
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+def print_error(message: str, console: Console | None = None) -> None:
+    (console or err).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -58,12 +58,9 @@ def friendly(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except RankError as e:  # this process's own: every rank says it, naming itself
-            if env_rank():
-                Console(stderr=True).print(f"[bold red]error:[/] rank {env_rank()}: {escape(str(e))}", highlight=False,
-                                           soft_wrap=True)
-                raise typer.Exit(2)
-            fail(f"rank 0: {e}" if launched() else str(e))
+        except RankError as e:  # this process's own: every rank says it (``err`` is rank 0's), naming itself
+            print_error(f"rank {env_rank()}: {e}" if launched() else str(e), Console(stderr=True))
+            raise typer.Exit(2)
         except VmdError as e:
             fail(str(e))
         except KeyboardInterrupt as e:
@@ -121,7 +118,6 @@ def train(
     SIGTERM finishes the step, saves and exits (130 / 143); --resume continues bitwise. The
     progress line shows tokens/s and the model's FLOP/s as a share of a plain matmul on the
     device, also written to RUN/metrics.jsonl."""
-    from vmd import distributed
     from vmd.train import Trainer
 
     try:
@@ -140,33 +136,34 @@ def train(
         finally:
             trainer.close()
     finally:
-        distributed.leave()
+        leave()
 
 
 def _train(trainer, resume: Optional[Path]) -> None:
     from vmd.train import TrainingInterrupted
     from vmd_cli.progress import DataProgress, TrainProgress
 
-    run_dir, say = trainer.run_dir, err
+    run_dir = trainer.run_dir
     if trainer.step >= trainer.cfg.train.steps:
         fail(f"{resume} is complete at step {trainer.step}; raise train.steps with --set to train on")
     procs = f" x {trainer.world.size} processes" if trainer.world.distributed else ""
-    say.print(f"run [bold]{run_dir}[/]: {trainer.cfg.method} on {task_label(trainer.cfg)}, "
+    err.print(f"run [bold]{run_dir}[/]: {trainer.cfg.method} on {task_label(trainer.cfg)}, "
               f"{trainer.parameters:,} parameters, {trainer.device}{procs}", soft_wrap=True)
-    with trainer.world.first_on_each_node(), DataProgress(say) as data_progress:  # one process fills a data cache
+    with trainer.world.first_on_each_node(), DataProgress(err) as data_progress:  # one process fills a data cache
         trainer.task.prepare(data_progress.update)
-    with TrainProgress(say, trainer.step, trainer.cfg.train.steps) as progress:
+    with TrainProgress(err, trainer.step, trainer.cfg.train.steps) as progress:
         trainer.callback = progress.update if trainer.world.main else None
         try:
             trainer.run()
         except TrainingInterrupted as e:
             progress.stop()
-            say.print(f"{e}; continue with: vmd train --resume {e.run_dir}", soft_wrap=True, highlight=False)
+            err.print(f"{e}; continue with: vmd train --resume {e.run_dir}", soft_wrap=True, highlight=False)
             raise typer.Exit(e.exit_code)
-    if profile_dir := next(iter(sorted((run_dir / "profile").glob("*.json"))), None) if trainer.profile_steps else None:
-        say.print(f"profile of {trainer.profile_steps} steps: {profile_dir} (chrome://tracing or ui.perfetto.dev) and "
-                  f"{profile_dir.with_suffix('.txt')}", soft_wrap=True, highlight=False)
-    say.print(f"saved [bold]{run_dir}[/] at step {trainer.step}; evaluate with: vmd eval {run_dir}", soft_wrap=True)
+    trace = trainer.profile_trace
+    if trace is not None and trace.exists():
+        err.print(f"profile of {trainer.profile_steps} steps: {trace} (chrome://tracing or ui.perfetto.dev) and "
+                  f"{trace.with_suffix('.txt')}", soft_wrap=True, highlight=False)
+    err.print(f"saved [bold]{run_dir}[/] at step {trainer.step}; evaluate with: vmd eval {run_dir}", soft_wrap=True)
 
 
 def parse_ints(text: Optional[str], option: str) -> Optional[list[int]]:
