@@ -135,7 +135,7 @@ def _text_bpc(run: Path) -> dict | None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ddp", action="store_true", help="data-parallel steps/s: 1 process against 2")
     p.add_argument("--bf16", action="store_true", help="bf16 against fp32: synthetic presets, shakespeare BPC")
     p.add_argument("--presets", default="shakespeare-bd3-block4", help="--ddp: presets, comma-separated")
@@ -146,6 +146,10 @@ def main() -> None:
     args = p.parse_args()
     if not (args.ddp or args.bf16):
         p.error("choose --ddp, --bf16 or both")
+    unknown = [name for name in args.presets.split(",") if name not in C.list_presets()]
+    if unknown or min(args.steps, args.log_every, args.rounds, args.samples) < 1 or args.steps <= args.log_every:
+        p.error(f"unknown preset {unknown[0]!r}" if unknown else
+                "--steps, --log-every, --rounds and --samples must be >= 1, and --steps above --log-every")
     sections = {}
     if args.ddp:
         sections.update(ddp_section(args))
