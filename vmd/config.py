@@ -78,12 +78,16 @@ class LatentConfig:
     # plan for the whole sequence that stays valid at every step (pairs with sample.z_policy: once)
     encoder_sees_mask: bool = True
     # gaussian: z in R^dim; categorical: `groups` discrete variables of `components` classes each
-    # (method.md §5), seen by the decoder as one-hot codes, with an exact KL (`dim` is unused)
-    kind: Literal["gaussian", "categorical"] = "gaussian"
+    # (method.md §5), seen by the decoder as one-hot codes, with an exact KL (`dim` is unused);
+    # mixture: no encoder and no KL, z is one of `components` classes marginalised exactly, each
+    # class an output head over one denoiser pass and its weights read off the same pass (per
+    # block for block diffusion, drawn anew at each sampling step: vmd/model/mixture.py)
+    kind: Literal["gaussian", "categorical", "mixture"] = "gaussian"
     # normal: N(0, I) as in the paper (uniform classes for a categorical z); conditional: a learned
     # p(z | xt), per group of `dim / groups` latent dimensions a mixture of `components` Gaussians
-    # (for a categorical z: learned class probabilities)
-    prior: Literal["normal", "conditional"] = "normal"
+    # (for a categorical z: learned class probabilities); prefix (block diffusion): p(z_b | x0^{<b}),
+    # the same family read off the clean blocks before b only, so z_b stays one draw per block
+    prior: Literal["normal", "conditional", "prefix"] = "normal"
     components: int = 1
     groups: int = 1
     prior_dim: int = 64
@@ -95,6 +99,8 @@ class LatentConfig:
     # DiT and VADD) or linear (one linear map of z: for short sequences, where this per-sequence
     # readout costs as much as the denoiser's per-token work; docs/results-synthetic.md)
     adaln: Literal["mlp", "linear"] = "mlp"
+    # a control: z held at 0 in training, scoring and sampling (the VMD's networks, its latent unused)
+    constant: bool = False
 
 
 @dataclass
@@ -111,6 +117,11 @@ class DiffusionConfig:
     # [clip[0], clip[1]] instead of [t_min, 1) (the masking rate itself under the linear schedule);
     # evaluation always uses the full range (the NELBO)
     clip: list[float] = field(default_factory=lambda: [0.0, 1.0])
+    # the bound trained: 0 the continuous-time NELBO; k > 0 the exact bound of the sampler that
+    # reveals each block's tokens (a one-block model's whole sequence) in k steps, in random order,
+    # as many per step as vmd sample reveals (B / k with blocks of B, which k must divide): the NLL
+    # that k-step sampler assigns, paying the dependence of tokens revealed together (vmd/steps.py)
+    steps: int = 0
 
 
 @dataclass
@@ -199,7 +210,7 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "latent.beta": _NON_NEGATIVE, "latent.kl_warmup_steps": _NON_NEGATIVE, "latent.free_bits": _NON_NEGATIVE,
     "diffusion.t_min": (lambda v: 0.0 <= v < 1.0, "a time in [0, 1)"),
     "diffusion.clip": (lambda v: len(v) == 2 and 0.0 <= v[0] < v[1] <= 1.0, "two rates [lo, hi] with 0 <= lo < hi <= 1"),
-    "model.block_size": _NON_NEGATIVE,
+    "model.block_size": _NON_NEGATIVE, "diffusion.steps": _NON_NEGATIVE,
     "train.steps": _POSITIVE, "train.batch_size": _POSITIVE, "train.accumulate": _POSITIVE,
     "device.timeout": _POSITIVE, "train.lr": _POSITIVE,
     "train.weight_decay": _NON_NEGATIVE, "train.warmup_steps": _NON_NEGATIVE,
@@ -309,6 +320,7 @@ def validate(cfg: Config) -> None:
     if cfg.train.batch_size % cfg.train.accumulate:
         raise ConfigError(f"train.batch_size ({cfg.train.batch_size}) must be a multiple of train.accumulate "
                           f"({cfg.train.accumulate}): each pass takes an equal share")
+    check_steps(cfg)
     if cfg.model.dim % cfg.model.heads:
         raise ConfigError(f"model.dim ({cfg.model.dim}) must be a multiple of model.heads ({cfg.model.heads})")
     if cfg.latent.kind == "gaussian" and cfg.latent.dim % cfg.latent.groups:
@@ -319,6 +331,35 @@ def validate(cfg: Config) -> None:
     for part in parts if cfg.method == "vmd" else ():  # the widths of networks an MDM does not have
         if getattr(cfg.latent, part) % cfg.model.heads:
             raise ConfigError(f"latent.{part} must be a multiple of model.heads ({cfg.model.heads})")
+
+
+def check_steps(cfg: Config) -> None:
+    """The k-step bound and the latents that only make sense with (or without) it, as one line each."""
+    k, diff, lat = cfg.diffusion.steps, cfg.diffusion, cfg.latent
+    if k:
+        if diff.clip != [0.0, 1.0]:
+            raise ConfigError(f"diffusion.clip {diff.clip} draws continuous times; diffusion.steps {k} trains the "
+                              "k-step bound, which has none: leave diffusion.clip [0, 1]")
+        if diff.weighting != "elbo":
+            raise ConfigError(f"diffusion.weighting {diff.weighting} reweights the continuous-time loss; "
+                              f"diffusion.steps {k} trains the k-step bound itself: leave diffusion.weighting elbo")
+        bs = cfg.model.block_size
+        if cfg.task.name == "text" and bs and bs < cfg.task.length and bs % k:
+            raise ConfigError(f"diffusion.steps ({k}) must divide model.block_size ({bs}): each step reveals "
+                              "an equal share of a block")
+    if cfg.method != "vmd":
+        return
+    if lat.prior == "prefix" and not (cfg.model.block_size and cfg.task.name != "sudoku"):
+        raise ConfigError("latent.prior prefix reads the clean blocks before each block: it needs block diffusion "
+                          "(model.block_size)")
+    if lat.prior == "prefix" and lat.encoder_sees_mask:
+        raise ConfigError("latent.prior prefix keeps z_b one draw per block; an encoder that sees the mask makes it "
+                          "a draw per step: set latent.encoder_sees_mask false")
+    if lat.kind == "mixture" and (lat.prior != "normal" or lat.constant or lat.free_bits):
+        raise ConfigError("latent.kind mixture has no encoder, prior network or KL: leave latent.prior normal, "
+                          "latent.constant false and latent.free_bits 0")
+    if lat.kind == "mixture" and lat.components < 2:
+        raise ConfigError("latent.kind mixture needs latent.components >= 2 (the classes of z)")
 
 
 def to_dict(cfg: Config) -> dict:

@@ -39,6 +39,11 @@ Training may draw t_b from the clipped range ``diffusion.clip`` (BD3-LM's varian
 ``full_range=True`` (evaluation) always uses [t_min, 1), the bound. With one token per block
 (B = 1) every token is masked with weight 1: the loss is then an autoregressive model's exact
 negative log-likelihood.
+
+With ``diffusion.steps`` = k the same terms are those of the k-step sampler's own bound instead
+(vmd/steps.py): each block's state is that before one of its k steps, w the weight that makes one
+step an unbiased estimate of all k, and a KL drawn per step charged once per step (k a block).
+A mixture (``latent.kind: mixture``) scores the tokens a step reveals jointly, its classes summed.
 """
 
 from __future__ import annotations
@@ -50,7 +55,9 @@ import torch
 import torch.nn.functional as F
 
 from vmd.config import DiffusionConfig, LatentConfig
+from vmd.model.mixture import MixtureLogits
 from vmd.schedule import Schedule, sample_t
+from vmd.steps import step_states
 
 
 def mask_tokens(x0, t, schedule: Schedule, mask_id: int, given=None, generator=None):
@@ -68,7 +75,7 @@ def mask_tokens(x0, t, schedule: Schedule, mask_id: int, given=None, generator=N
 def kl_once(model) -> bool:
     """Whether z is drawn once per sequence (per block) in the model's bound: neither its encoder
     nor its prior reads xt, so q(z | x0) and p(z) are the same at every step."""
-    return model.has_latent and not model.encoder_sees_mask and model.prior_net is None
+    return model.has_latent and not model.encoder_sees_mask and not getattr(model.prior_net, "reads_xt", False)
 
 
 def kl_weight(latent: LatentConfig, step: int) -> float:
@@ -119,12 +126,21 @@ def block_times(b: int, model, diff: DiffusionConfig, generator=None, device=Non
 
 def diffusion_loss(model, x0, schedule: Schedule, diff: DiffusionConfig, latent: LatentConfig,
                    step: int = 0, given=None, generator=None, full_range: bool = False) -> Loss:
+    """The loss and the bound it estimates, in continuous time or (``diff.steps`` = k) the exact
+    bound of the k-step sampler (vmd/steps.py), on one draw of times (steps) and masks per block."""
     b, n = x0.shape
-    nb = model.blocks
-    t = block_times(b, model, diff, generator, x0.device, full_range)  # (B, blocks)
-    xt, masked = mask_tokens(x0, t, schedule, model.mask_id, given, generator)
-    w = schedule.weight(t) if model.block_size > 1 else torch.ones_like(t)
-    w_train = w if diff.weighting == "elbo" else torch.ones_like(w)
+    nb, k = model.blocks, diff.steps
+    if k:
+        xt, masked, revealed, w = step_states(x0, k, schedule, model.mask_id, nb, given, generator)
+        # a step's own z (the encoder or prior reads the state) pays its KL once per step: k times a block
+        charge = k * revealed.view(b, nb, -1).any(-1).float()
+        w_train = w
+    else:
+        t = block_times(b, model, diff, generator, x0.device, full_range)  # (B, blocks)
+        xt, masked = mask_tokens(x0, t, schedule, model.mask_id, given, generator)
+        w = schedule.weight(t) if model.block_size > 1 else torch.ones_like(t)
+        charge = w * masked.view(b, nb, -1).sum(-1)  # z drawn at each step, one token a step: a KL per token
+        w_train = w if diff.weighting == "elbo" else torch.ones_like(w)
 
     z, kl, kl_used = None, w.new_zeros(b, nb), w.new_zeros(b, nb)
     once = kl_once(model)
@@ -136,18 +152,24 @@ def diffusion_loss(model, x0, schedule: Schedule, diff: DiffusionConfig, latent:
             per = per.clamp(min=floor) * (1.0 if once else masked.view(b, nb, -1).any(-1, keepdim=True))
         kl_used = per.sum(-1)
 
-    logits = model(xt, z, x0).float()
-    ce = F.cross_entropy(logits.transpose(1, 2), x0, reduction="none") * masked
-    nll = ce.view(b, nb, -1).sum(-1)  # per block
+    out = model(xt, z, x0)
+    if isinstance(out, MixtureLogits) and k:  # the revealed set scored jointly, the classes summed exactly
+        nll = out.set_nll(x0, revealed)
+        w = w_train = float(k) * torch.ones_like(w)
+    else:
+        logits = (out.marginal() if isinstance(out, MixtureLogits) else out).float()
+        nll = (F.cross_entropy(logits.transpose(1, 2), x0, reduction="none") * masked).view(b, nb, -1).sum(-1)
     recon = (w * nll).sum(1)
     beta = kl_weight(latent, step)
-    # a valid bound charges the KL once per revealed token, or once if z is drawn once
-    charge = 1.0 if once else w * masked.view(b, nb, -1).sum(-1)
+    charge = torch.ones_like(charge) if once else charge  # a z drawn once per block pays its KL once
     nelbo = recon + (charge * kl).sum(1)
+    if once or k:  # the bound itself (at beta = 1)
+        loss = (w_train * nll).sum(1) + beta * (charge * kl_used).sum(1)
+    else:  # the VMD paper's objective: w(t) * (recon + beta * KL)
+        loss = (w_train * (nll + beta * kl_used)).sum(1)
     tokens = n if given is None else (~given).sum(1).clamp(min=1)
     return Loss(
-        loss=((w_train * nll).sum(1) + beta * kl_used.sum(1) if once
-              else (w_train * (nll + beta * kl_used)).sum(1)).mean(),
+        loss=loss.mean(),
         recon=recon.mean().detach(),
         latent_kl=kl.sum(1).mean().detach(),
         nelbo=nelbo.mean().detach(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Callable
 
@@ -79,19 +80,41 @@ def latent_stats(model, x0: torch.Tensor, given: torch.Tensor | None, cfg: Confi
 
 
 @torch.no_grad()
+def mixture_stats(model, x0: torch.Tensor, device="cpu") -> dict[str, float]:
+    """What a mixture's classes buy where all of a block is revealed at once (one step per block):
+    ``class_gain_bits``, bits per token of the product of the marginals' one-step bound above the
+    mixture's (both exact, with the clean prefix of every block); ``classes_used``, the perplexity
+    of the classes' mean weight (how many the data spreads over); ``class_entropy_bits``, the mean
+    entropy of one block's weights (low: each prefix picks its class)."""
+    x0 = x0.to(device)
+    out = model(torch.full_like(x0, model.mask_id), None, x0)
+    mixed = out.set_nll(x0, torch.ones_like(x0, dtype=torch.bool)).sum(1)
+    product = F.cross_entropy(out.marginal().transpose(1, 2), x0, reduction="none").sum(1)
+    pi = out.log_pi.exp()
+    mean = pi.mean((0, 1))
+    per_block = -(pi * out.log_pi).sum(-1).mean()
+    return {"class_gain_bits": float((product - mixed).mean() / (x0.shape[1] * math.log(2))),
+            "classes_used": float(torch.exp(-(mean * mean.clamp_min(1e-12).log()).sum())),
+            "class_entropy_bits": float(per_block / math.log(2)), "classes": model.mixture}
+
+
+@torch.no_grad()
 def likelihood(model, sequences: torch.Tensor, cfg: Config, *, draws: int = 4, seed: int = 0, batch_size: int = 64,
-               device="cpu", on_batch: Callable[[int], None] | None = None, shard: tuple[int, int] = (0, 1)) -> dict:
-    """The NELBO of ``sequences`` (N, L) in bits per token: an upper bound on -log2 p(x) / L. The
-    KL is charged with weight 1 (``vmd/diffusion.py``), times come from the full range [t_min, 1)
-    (never the training clip), ``draws`` independent draws of the times and masks per sequence
-    (stratified over each batch's sequences x blocks), batch i's from a generator seeded by
-    ``seed`` and i. The standard error is over sequences, of their mean over draws. An
-    autoregressive model (one token per block) has no times to draw: its exact NLL is computed
-    once. ``shard`` (rank, ranks): score only the batches i with i % ranks == rank (the scores of
-    the shards add up to the whole's: each batch is seeded by itself)."""
+               device="cpu", on_batch: Callable[[int], None] | None = None, shard: tuple[int, int] = (0, 1),
+               steps: int = 0) -> dict:
+    """The NELBO of ``sequences`` (N, L) in bits per token: an upper bound on -log2 p(x) / L; with
+    ``steps`` = k, the bound of the sampler that fills each block in k steps (vmd/steps.py), for a
+    model trained either way. The KL is charged with weight 1 (``vmd/diffusion.py``), times come from
+    the full range [t_min, 1) (never the training clip), ``draws`` independent draws of the times
+    (steps) and masks per sequence (stratified over each batch's sequences x blocks), batch i's from
+    a generator seeded by ``seed`` and i. The standard error is over sequences, of their mean over
+    draws. An autoregressive model (one token per block) has no times to draw: its exact NLL is
+    computed once. ``shard`` (rank, ranks): score only the batches i with i % ranks == rank (the
+    scores of the shards add up to the whole's: each batch is seeded by itself)."""
     draws = 1 if model.block_size == 1 else draws
     gen = torch.Generator(device=device)
     schedule = make_schedule(cfg.diffusion.schedule)
+    diffusion = dataclasses.replace(cfg.diffusion, steps=steps)
     rank, ranks = shard
     per_sequence = []
     for i, lo in enumerate(range(0, sequences.shape[0], batch_size)):
@@ -99,7 +122,7 @@ def likelihood(model, sequences: torch.Tensor, cfg: Config, *, draws: int = 4, s
             continue
         gen.manual_seed(seed * 1_000_003 + i)
         x0 = sequences[lo: lo + batch_size].to(device)
-        runs = [diffusion_loss(model, x0, schedule, cfg.diffusion, cfg.latent, generator=gen, full_range=True)
+        runs = [diffusion_loss(model, x0, schedule, diffusion, cfg.latent, generator=gen, full_range=True)
                 .per_sequence for _ in range(draws)]
         per_sequence.append(torch.stack(runs).double().mean(0).cpu())
         if on_batch:
@@ -109,7 +132,7 @@ def likelihood(model, sequences: torch.Tensor, cfg: Config, *, draws: int = 4, s
     n = bits.numel()
     stderr = float(bits.std() / math.sqrt(n)) if n > 1 else float("nan")
     return {"bits": float(bits.mean()) if n else 0.0, "stderr": stderr, "tokens": n * length, "sequences": n,
-            "draws": draws}
+            "draws": draws, "steps": steps}
 
 
 @torch.no_grad()

@@ -12,6 +12,9 @@ even where the values stay argmax. Where the latent comes from is one small plug
 Random draws come from a ``torch.Generator`` (one stream for the batch), or from
 ``RowGenerators`` (one stream per row): then a row draws only at its own steps, from its own
 stream, and its result does not depend on which rows share its batch.
+
+A mixture model (``latent.kind: mixture``) gives each row's step one class, drawn from the class
+weights it reads off the current state, and that class's logits serve the step.
 """
 
 from __future__ import annotations
@@ -117,6 +120,8 @@ class DrawFromPosterior(DrawOnce):
     argmax predictions of the row's previous step."""
 
     def step(self, model, x, z, logits, generator):
+        if not model.has_latent:  # no encoder to ask (BD3, a mixture): nothing to draw
+            return z
         masked = x == model.mask_id
         x0_hat = torch.where(masked, logits.argmax(-1), x)
         return model.encode(x0_hat, masked).rsample(generator)
@@ -252,6 +257,8 @@ def generate(model, x: torch.Tensor, *, nfe: int, strategy: str = "random", temp
             z = drawn if z is None or drawn is None or bool(redraw.all()) else torch.where(redraw[:, None], drawn, z)
         logits = model(x, z)
         rows_gen = _rows_only(generator, active)
+        if not isinstance(logits, torch.Tensor):  # a mixture (vmd/model/mixture.py): a class per row, then its head
+            logits, _ = logits.draw(rows_gen)
         values = choose_values(logits, temperature, rows_gen)
         score = scores(logits, strategy, rows_gen, order_noise).masked_fill(~masked, float("-inf"))
         rank = torch.empty_like(x)

@@ -263,8 +263,8 @@ class Trainer:
                 self._interrupted = True
 
     def validate(self) -> dict[str, float]:
-        """``valid_bpt``: the NELBO in bits per token of the task's validation sequences (tasks that
-        have a validation split), seeded apart from training's draws, so a run resumes the same;
+        """``valid_bpt``: the bound trained (the NELBO, or the k-step sampler's), in bits per token of
+        the task's validation sequences (tasks that have a validation split), seeded apart from training's draws, so a run resumes the same;
         under torchrun each rank scores its share of the batches and the sums are reduced."""
         if not hasattr(self.task, "eval_sequences"):
             return {}
@@ -274,7 +274,8 @@ class Trainer:
         try:
             with autocast(self.device, self.cfg.device.precision):
                 r = likelihood(self.model, self._valid, self.cfg, draws=1, seed=0, batch_size=VALID_BATCH,
-                               device=self.device, shard=(self.world.rank, self.world.size))
+                               device=self.device, shard=(self.world.rank, self.world.size),
+                               steps=self.cfg.diffusion.steps)
         finally:
             self.model.train()
         total = self.world.sum(torch.tensor([r["bits"] * r["sequences"], r["sequences"]], dtype=torch.float64))

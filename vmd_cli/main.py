@@ -183,9 +183,10 @@ def model_label(cfg: C.Config, model) -> str:
     """What a model is, as papers name it: MDM, VMD, AR, BD3 block B or block VMD block B."""
     if model.block_size == 1:
         return "AR"
+    kind = f" ({model.mixture}-class mixture)" if model.mixture else " (z held at 0)" if model.constant_z else ""
     if model.blocks > 1:
-        return f"{'block VMD' if model.has_latent else 'BD3'} block {model.block_size}"
-    return cfg.method.upper()
+        return f"{'block VMD' if cfg.method == 'vmd' else 'BD3'} block {model.block_size}{kind}"
+    return cfg.method.upper() + kind
 
 
 def task_label(cfg: C.Config) -> str:
@@ -217,6 +218,7 @@ def load_any(source: str, device: Optional[str], with_task: bool = False):
              "  vmd eval runs/sudoku-vmd-tiny --givens 22-26 --samples 200\n\n"
              "  vmd eval runs/sudoku-vmd-tiny --data puzzles.csv --nfe 2,5,10 --strategy top-margin --json\n\n"
              "  vmd eval runs/shakespeare-block4 --split test --max-sequences 200 --json\n\n"
+             "  vmd eval runs/shakespeare-block4 --bound-steps 1 --max-sequences 200\n\n"
              "  vmd eval runs/shakespeare-block4 --samples 500 --steps-per-block 1,2,4 --judge runs/shakespeare-ar")
 @friendly
 def eval_cmd(
@@ -238,6 +240,9 @@ def eval_cmd(
     max_sequences: Optional[int] = typer.Option(None, "--max-sequences", help="Text: score only the first N "
                                                 "sequences of the split (bounds the time) \\[default: all]."),
     draws: int = typer.Option(4, help="Text: draws of the times and masks per sequence."),
+    bound_steps: Optional[int] = typer.Option(None, "--bound-steps", help="Text: score the bound of the sampler "
+                                              "that fills each block (a one-block model: the sequence) in K steps, "
+                                              "random order, beside the continuous NELBO."),
     batch_size: int = typer.Option(32, "--batch-size", help="Text: sequences per batch."),
     steps_per_block: Optional[str] = typer.Option(None, "--steps-per-block", "-k", help="Text: score samples instead "
                                                   "(gen-PPL, word validity, entropy) made with these steps per block, "
@@ -256,12 +261,14 @@ def eval_cmd(
     model, cfg, step, dev, task = load_any(run_dir, device, with_task=True)
     text = hasattr(task, "eval_sequences")
     inapplicable = {"--nfe": nfe, "--data": data, "--givens": None if givens == "30-36" else givens,
-                    "--restarts": restarts or None} if text else {
+                    "--restarts": restarts or None} if text else {"--bound-steps": bound_steps,
                     "--steps-per-block": steps_per_block, "--judge": judge, "--max-sequences": max_sequences,
                     "--split": None if split == "test" else split}
     given = [k for k, v in inapplicable.items() if v is not None]
     if given:
         fail(f"{', '.join(given)} {'do' if len(given) > 1 else 'does'} not apply to {task_label(cfg)} models")
+    if text and bound_steps is not None and (samples is not None or steps_per_block is not None):
+        fail("--bound-steps scores the test split; --samples and --steps-per-block score samples: give one or the other")
     if text and (samples is not None or steps_per_block is not None):
         from vmd_cli.textgen import eval_quality
 
@@ -273,7 +280,7 @@ def eval_cmd(
         from vmd_cli.likelihood import eval_likelihood
 
         return eval_likelihood(model, cfg, step, dev, task, run_dir, split=split, max_sequences=max_sequences,
-                               draws=draws, seed=seed, batch_size=batch_size, as_json=as_json)
+                               draws=draws, seed=seed, batch_size=batch_size, as_json=as_json, bound_steps=bound_steps)
     if cfg.task.name == "sudoku":
         from vmd_cli.sudoku import eval_sudoku
 

@@ -9,7 +9,8 @@ from vmd.config import Config
 from vmd.errors import ConfigError
 from vmd.model.blocks import KVCache, training_mask, window_mask
 from vmd.model.blocks import positions as block_positions
-from vmd.model.latent import Categorical, ConditionalPrior, Encoder, StandardNormal
+from vmd.model.latent import Categorical, ConditionalPrior, Encoder, PointMass, StandardNormal
+from vmd.model.mixture import MixtureHeads, MixtureLogits
 from vmd.model.transformer import Trunk
 
 
@@ -17,7 +18,8 @@ class MaskedDiffusionModel(nn.Module):
     """f(xt[, z]) -> logits over the ``vocab`` clean tokens; id ``vocab`` is [MASK].
 
     The [MASK] logit is never predicted (SUBS): the head has ``vocab`` outputs only, and
-    unmasked positions are copied through by the loss and the sampler.
+    unmasked positions are copied through by the loss and the sampler. A mixture model
+    (``latent.kind: mixture``) returns ``MixtureLogits`` instead: K heads and their weights.
     """
 
     def __init__(self, cfg: Config, vocab: int, length: int, layout: torch.Tensor | None = None):
@@ -26,7 +28,11 @@ class MaskedDiffusionModel(nn.Module):
         self.vocab, self.length, self.mask_id = vocab, length, vocab
         # the size of z as the decoder sees it: d for a Gaussian, G one-hot codes of K classes for a categorical
         categorical = lat.kind == "categorical"
-        self.latent_dim = 0 if cfg.method != "vmd" else lat.groups * lat.components if categorical else lat.dim
+        vmd = cfg.method == "vmd"
+        # a mixture's z is marginalised exactly over K heads: no encoder, no prior, nothing for the trunk to read
+        self.mixture = lat.components if vmd and lat.kind == "mixture" else 0
+        self.latent_dim = 0 if not vmd or self.mixture else lat.groups * lat.components if categorical else lat.dim
+        self.constant_z = vmd and lat.constant  # a control: z held at 0
         self.encoder_sees_mask = lat.encoder_sees_mask
         # block diffusion (vmd/model/blocks.py): ``blocks`` of ``block_size`` tokens; one block is the plain MDM
         block = m.block_size if 0 < m.block_size < length else length
@@ -40,21 +46,31 @@ class MaskedDiffusionModel(nn.Module):
         self.trunk = Trunk(vocab + 1, length, m.dim, m.layers, m.heads, m.mlp_ratio, m.dropout,
                            cond_dim=self.latent_dim, layout=layout, relation_bias=m.relation_bias,
                            cond_mlp=lat.adaln == "mlp", rotary=rotary)
-        self.head = nn.Linear(m.dim, vocab)
+        self.head = MixtureHeads(m.dim, vocab, self.mixture) if self.mixture else nn.Linear(m.dim, vocab)
         self.encoder = self.prior_net = self.classes = None
         if self.latent_dim:
             self.classes = (lat.groups, lat.components) if categorical else None
             per_block = self.block_size if self.blocks > 1 else 0
             self.encoder = Encoder(vocab, length, lat.dim, lat.encoder_dim, lat.encoder_layers, m.heads, self.classes, layout,
                                    m.relation_bias, per_block, rotary)
-            if lat.prior == "conditional":
+            if lat.prior in ("conditional", "prefix"):
                 self.prior_net = ConditionalPrior(vocab + 1, length, lat.dim, lat.components, lat.groups,
                                                   lat.prior_dim, lat.prior_layers, m.heads, categorical, layout,
-                                                  m.relation_bias, per_block, rotary)
+                                                  m.relation_bias, per_block, rotary, prefix=lat.prior == "prefix")
 
     @property
     def has_latent(self) -> bool:
+        """Whether the denoiser reads a z (a mixture's classes are summed out instead)."""
         return self.latent_dim > 0
+
+    @property
+    def random_latent(self) -> bool:
+        """Whether a sample draws a latent, of either kind: a new draw gives a new sample."""
+        return (self.has_latent and not self.constant_z) or bool(self.mixture)
+
+    def _read(self, h: torch.Tensor, groups: int):
+        """The head on the trunk's states: logits (B, N, vocab), or a mixture's ``MixtureLogits``."""
+        return self.head(h, groups) if self.mixture else self.head(h)
 
     def forward(self, xt: torch.Tensor, z: torch.Tensor | None = None, x0: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, L, vocab) for ``xt``. With blocks, ``x0`` is the clean sequence that each
@@ -62,7 +78,7 @@ class MaskedDiffusionModel(nn.Module):
         has one latent per block (batch x blocks rows, or (B, blocks, d)), each modulating only its
         block's noisy tokens."""
         if self.blocks == 1:
-            return self.head(self.trunk(xt, cond=z))
+            return self._read(self.trunk(xt, cond=z), 1)
         if x0 is None:
             raise ConfigError("a block diffusion model reads each block's clean prefix: give x0, or generate "
                               "block by block (vmd.blockwise.generate_blocks)")
@@ -70,7 +86,7 @@ class MaskedDiffusionModel(nn.Module):
         cond = None if z is None else z.reshape(b, self.blocks, -1)
         h = self.trunk(torch.cat([xt, x0], dim=1), cond=cond, mask=self.block_mask, pos=self.block_pos,
                        plain_groups=self.blocks if z is not None else 0)
-        return self.head(h[:, :n])
+        return self._read(h[:, :n], self.blocks)
 
     # Block-by-block generation (method.md §3; the sampler is vmd/blockwise.py): the clean prefix
     # lives in a KVCache, and each denoising step runs the model on the current block alone.
@@ -109,14 +125,14 @@ class MaskedDiffusionModel(nn.Module):
         attends as ``commit`` would make it; the noisy block attends to it as well)."""
         if commit is None:
             self.reach(cache.length + xb.shape[1])
-            return self.head(self.trunk(xb, cond=z, cache=cache))
+            return self._read(self.trunk(xb, cond=z, cache=cache), 1)
         bs = self.block_size
         self.reach(cache.length + 2 * bs)
         mask = window_mask(2 * bs, bs, cache.window, cache.size, xb.device)
         cond = None if z is None else z.reshape(xb.shape[0], 1, -1)
         h = self.trunk(torch.cat([commit, xb], 1), cond=cond, mask=mask, cache=cache, keep=bs,
                        plain_groups=-1 if z is not None else 0)
-        return self.head(h[:, bs:])
+        return self._read(h[:, bs:], 1)
 
     def block_logits_uncached(self, prefix: torch.Tensor, xb: torch.Tensor, z: torch.Tensor | None,
                               window: int | None = None) -> torch.Tensor:
@@ -132,15 +148,20 @@ class MaskedDiffusionModel(nn.Module):
         cond = None if z is None else z.reshape(xb.shape[0], 1, -1)
         h = self.trunk(torch.cat([xb, prefix], 1), cond=cond, mask=mask, pos=pos,
                        plain_groups=s // bs if z is not None else 0)
-        return self.head(h[:, :n])
+        return self._read(h[:, :n], 1)
 
     def encode(self, x0: torch.Tensor, masked: torch.Tensor):
         """The posterior q(z | x0, xt), per sequence or per block (batch x blocks rows); the encoder
         sees x0 and (by default) which positions are masked."""
+        if self.constant_z:
+            return PointMass(x0.shape[0] * self.blocks, self.latent_dim, x0.device)
         return self.encoder(x0, masked if self.encoder_sees_mask else torch.zeros_like(masked))
 
     def prior(self, xt: torch.Tensor, x0: torch.Tensor | None = None):
-        """p(z), p(z | xt) or per block p(z_b | xt^b, x0^{<b}), as an object with ``sample`` and ``kl``."""
+        """p(z), p(z | xt) or per block p(z_b | xt^b, x0^{<b}) or p(z_b | x0^{<b}), as an object with
+        ``sample`` and ``kl``."""
+        if self.constant_z:
+            return PointMass(xt.shape[0] * self.blocks, self.latent_dim, xt.device)
         if self.prior_net is not None:
             return self.prior_net(xt, x0) if self.blocks > 1 else self.prior_net(xt)
         rows = xt.shape[0] * self.blocks

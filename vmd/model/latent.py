@@ -102,6 +102,26 @@ class StandardNormal:
         return gaussian_kl(q.mu, q.logvar, zero, zero)
 
 
+class PointMass:
+    """z held at 0 (``latent.constant``, a control): as a posterior or a prior, every draw is 0 and
+    every KL is 0, so the VMD's networks train with a latent that carries nothing."""
+
+    def __init__(self, rows: int, dim: int, device):
+        self.rows, self.dim, self.device = rows, dim, device
+
+    @property
+    def mean(self):
+        return torch.zeros(self.rows, self.dim, device=self.device)
+
+    def sample(self, generator=None):
+        return self.mean
+
+    rsample = sample
+
+    def kl(self, q: "PointMass"):
+        return torch.zeros(q.rows, q.dim, device=q.device)
+
+
 class Mixture:
     """Per sequence, a product over G groups of latent dimensions, each a K-part diagonal-Gaussian
     mixture: weights (B, G, K), means and log-variances (B, G, K, d/G). G groups of K parts give
@@ -140,6 +160,8 @@ def select_rows(dist, index: torch.Tensor):
     block's latent per sequence, for block-by-block generation."""
     if isinstance(dist, StandardNormal):
         return StandardNormal(len(index), dist.dim, dist.device)
+    if isinstance(dist, PointMass):
+        return PointMass(len(index), dist.dim, dist.device)
     if isinstance(dist, Categorical):
         return Categorical(dist.logits[index])
     if isinstance(dist, Gaussian):
@@ -196,17 +218,26 @@ class ConditionalPrior(nn.Module):
     """p(z | xt): per group of latent dimensions a mixture of ``components`` diagonal Gaussians,
     whose parameters a small transformer reads off the partly masked sequence (method.md §5;
     one group of one component is a conditional Gaussian); for a categorical latent, the
-    logits of each of its ``groups`` variables over ``components`` classes."""
+    logits of each of its ``groups`` variables over ``components`` classes.
+
+    With ``prefix`` (block diffusion), p(z_b | x0^{<b}) instead: the transformer reads the clean
+    sequence block-causally (as the clean half of the denoiser), each block's mean state summarises
+    x0^{<=b}, and block b takes block b - 1's (block 0 a learned start). It reads nothing of xt, so
+    z_b stays one draw for all of its block's steps and its KL is charged once (``kl_once``)."""
 
     def __init__(self, tokens: int, length: int, latent_dim: int, components: int, groups: int,
                  dim: int, layers: int, heads: int, categorical: bool = False, layout=None,
-                 relation_bias: bool = False, block_size: int = 0, rotary: bool = False):
+                 relation_bias: bool = False, block_size: int = 0, rotary: bool = False, prefix: bool = False):
         super().__init__()
         self.g, self.k = groups, components
         self.dg = 0 if categorical else latent_dim // groups  # categorical: class logits only
         self.length = length
         self.block_size = block_size if 0 < block_size < length else 0
-        if self.block_size:  # p(z_b | xt^b, x0^{<b}): the denoiser's view of xt ⊕ x0
+        self.reads_xt = not prefix
+        if prefix:  # p(z_b | x0^{<b}): x0 read block-causally, shifted by one block
+            self.register_buffer("mask", causal_mask(length, block_size), persistent=False)
+            self.start = nn.Parameter(torch.zeros(dim))
+        elif self.block_size:  # p(z_b | xt^b, x0^{<b}): the denoiser's view of xt ⊕ x0
             self.register_buffer("mask", training_mask(length, block_size), persistent=False)
             self.register_buffer("pos", block_positions(length), persistent=False)
         self.trunk = Trunk(tokens, length, dim, layers, heads, layout=layout, relation_bias=relation_bias,
@@ -222,7 +253,12 @@ class ConditionalPrior(nn.Module):
     def forward(self, xt, x0=None) -> Mixture | Categorical:
         """Per sequence, or with blocks per block (batch x blocks rows; ``x0``: the clean sequence,
         of which each block sees only the blocks before it)."""
-        if self.block_size:
+        if not self.reads_xt:
+            b, bs = x0.shape[0], self.block_size
+            h = self.trunk(x0, mask=self.mask).view(b, -1, bs, self.start.shape[0]).mean(2)  # (B, blocks, dim)
+            h = torch.cat([self.start.expand(b, 1, -1), h[:, :-1]], dim=1)
+            h = self.out(self.pool(h.reshape(-1, h.shape[-1])))
+        elif self.block_size:
             h = self.trunk(torch.cat([xt, x0], dim=1), mask=self.mask, pos=self.pos)[:, :self.length]
             h = self.out(self.pool(h.reshape(-1, self.block_size, h.shape[-1]).mean(1)))
         else:

@@ -172,7 +172,7 @@ class SudokuScreen(Playback, Screen):
 
     def action_new_z(self) -> None:
         vmd = self.sides["vmd"]
-        if not vmd.model.has_latent:
+        if not vmd.model.random_latent:
             self.notify("The right-hand model is an MDM: it has no latent z to redraw.", severity="warning")
             return
         vmd.draws += 1

@@ -291,7 +291,7 @@ class TextScreen(Playback, Screen):
 
     def action_new_z(self) -> None:
         vmd = self.sides["vmd"]
-        if not vmd.model.has_latent:
+        if not vmd.model.random_latent:
             self.notify("The right-hand model has no latent z to redraw.", severity="warning")
             return
         if not self.ready():
