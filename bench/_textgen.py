@@ -64,12 +64,12 @@ def first_block_seconds(run: str, repeats: int = 5) -> float:
     return statistics.median(times)
 
 
-def quality(runs: dict[str, str], judge_run: str, samples: int, steps=(1, 2, 4)) -> dict:
-    """{label: [(k, metrics)]} plus the test split's own row, each run's samples at seed 0."""
+def quality(runs: dict[str, str], judge_run: str, samples: int, steps=(1, 2, 4), with_data: bool = True) -> dict:
+    """{label: [(k, metrics)]} plus (``with_data``) the test split's own row, each run's samples at seed 0."""
     judge, _, _, judge_task = checkpoint.load_run(judge_run)
     judge.eval()
     rows = {"test split (data)": [(None, sample_quality(judge_task.eval_sequences("test", samples), judge_task,
-                                                      judge))]}
+                                                      judge))]} if with_data else {}
     for label, run in runs.items():
         model, cfg, step, task = checkpoint.load_run(run)
         model.eval()

@@ -4,6 +4,7 @@
     python bench/text.py --seeds 0,1,2                # train and score every preset, 3 seeds each
     python bench/text.py --steps 300 --seeds 0        # a short run of the whole pipeline
     python bench/text.py --generation                 # the KV cache's speed and sample quality (seed-0 runs)
+    python bench/text.py --few-step --variants bd3,mixture --ks 1,2,0   # trained for few steps per block
 
 Runs go to runs/bench-text/PRESET-sSEED (a finished run there is reused: delete it to retrain).
 Writes docs/results-text.md: each run replaces the sections it made and keeps the others.
@@ -23,6 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import _docs
 from _docs import matmul_flops, write_sections
+from _fewstep import VARIANTS, study
 from _textgen import generation_sections
 from vmd import checkpoint, config as C
 from vmd.allocator import keep_freed_memory
@@ -118,10 +120,13 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--score-only", action="store_true", help="train nothing: score the finished runs of --seeds")
     p.add_argument("--generation", action="store_true", help="only generation: the KV cache's speed, sample quality")
-    p.add_argument("--samples", type=int, default=500, help="--generation: samples per quality row")
+    p.add_argument("--samples", type=int, default=500, help="--generation, --few-step: samples per quality row")
     p.add_argument("--bd3", default="runs/bench-text/shakespeare-bd3-block4-s0", help="--generation: the BD3 run")
     p.add_argument("--vmd", default="runs/bench-text/shakespeare-block4-s0", help="--generation: the block VMD run")
     p.add_argument("--judge", default="runs/bench-text/shakespeare-ar-s0", help="--generation: the AR judge run")
+    p.add_argument("--few-step", action="store_true", help="only the few-step study (bench/_fewstep.py)")
+    p.add_argument("--variants", default="bd3,mixture,prefix", help="--few-step: variants, of " + ", ".join(VARIANTS))
+    p.add_argument("--ks", default="1,2,0", help="--few-step: the steps per block trained for (0: continuous)")
     args = p.parse_args()
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -129,6 +134,8 @@ def main() -> None:
         p.error(f"--seeds takes integers separated by commas, got {args.seeds!r}")
     if args.generation:
         return write(generation_sections(args))
+    if args.few_step:
+        return write(study(args))
     perf, mm = speed(PRESETS, args.rounds, steps=5)
     sections = step_cost_section(args, perf, mm)
     if not args.speed_only:
