@@ -18,6 +18,9 @@ def test_every_bundled_preset_loads_and_validates():
         block = next((int(p[5:]) for p in parts if p.startswith("block")), 1 if "ar" in parts else 0)
         assert cfg.model.block_size == block, name
         assert cfg.method == ("vmd" if block > 1 and "bd3" not in parts else "mdm"), name
+        # NAME-kK: trained for the sampler of K steps per block, and sampled so by default
+        steps = next((int(p[1:]) for p in parts if p[0] == "k" and p[1:].isdigit()), 0)
+        assert cfg.diffusion.steps == steps and (not steps or cfg.sample.nfe == steps), name
 
 
 def test_overrides_are_typed_and_layered():

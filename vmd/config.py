@@ -328,7 +328,7 @@ def validate(cfg: Config) -> None:
     if cfg.train.freeze_denoiser and not (cfg.method == "vmd" and cfg.train.init_from):
         raise ConfigError("train.freeze_denoiser keeps a trained denoiser fixed: it needs method vmd and train.init_from")
     parts = ("encoder_dim", "prior_dim") if cfg.latent.prior == "conditional" else ("encoder_dim",)
-    for part in parts if cfg.method == "vmd" else ():  # the widths of networks an MDM does not have
+    for part in parts if cfg.method == "vmd" and cfg.latent.kind != "mixture" else ():  # networks only a VMD has
         if getattr(cfg.latent, part) % cfg.model.heads:
             raise ConfigError(f"latent.{part} must be a multiple of model.heads ({cfg.model.heads})")
 
