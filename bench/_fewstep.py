@@ -66,16 +66,15 @@ def train(variant: str, k: int, seed: int, steps: int | None) -> None:
 def score(variant: str, k: int, seed: int, max_sequences: int, samples: int, steps: int | None) -> dict | None:
     """The run's bounds and sample quality (cached per step); None if it has not finished."""
     run, cfg = run_dir(variant, k, seed), config(variant, k, seed, steps)
-    if not (run / checkpoint.MODEL_FILE).exists():
-        return None
-    model, saved, step, task = checkpoint.load_run(run)
+    step = checkpoint.read_meta(run).get("step", 0) if (run / checkpoint.MODEL_FILE).exists() else 0
     if step < cfg.train.steps:
         return None
     cache = run / "fewstep-scores.json"
     key = f"{step}/{max_sequences}/{samples}"
     old = json.loads(cache.read_text()) if cache.exists() else {}
-    if key in old:
+    if key in old:  # (scored by the code that trained it, which a later checkout may not load)
         return old[key]
+    model, saved, step, task = checkpoint.load_run(run)
     model.eval()
     seqs = task.eval_sequences("test", max_sequences)
     out = {"step": step}

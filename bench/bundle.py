@@ -26,6 +26,7 @@ from safetensors import safe_open
 
 from _docs import write_keeping_hand
 from vmd import checkpoint, config as C
+from vmd.model.mixture import marginal_logits
 
 ROOT = Path(__file__).resolve().parent.parent
 LIMIT_MB = 25  # all bundled models together
@@ -55,7 +56,7 @@ def logit_change(model, bundled: Path) -> float:
     x = torch.where(torch.rand(x0.shape, generator=g) < 0.5, torch.full_like(x0, model.mask_id), x0)
     clean = x0 if model.blocks > 1 else None  # a block model reads each block's clean prefix
     z = model.sample_z(x, torch.Generator().manual_seed(1), clean)
-    return float((model(x, z, clean) - copy(x, z, clean)).abs().max())
+    return float((marginal_logits(model(x, z, clean)) - marginal_logits(copy(x, z, clean))).abs().max())
 
 
 def old_rows(path: Path) -> dict[str, str]:

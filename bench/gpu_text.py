@@ -47,7 +47,7 @@ from gpu_session import fit_steps, probe_rate, sync  # bench/gpu_session.py
 from vmd import checkpoint, config as C, history
 from vmd.blockwise import generate_blocks, sample_generators
 from vmd.errors import ConfigError, VmdError
-from vmd.evaluate import latent_stats, likelihood
+from vmd.evaluate import latent_stats, likelihood, mixture_stats
 from vmd.tasks import text8
 from vmd.train import Trainer, resolve_device
 
@@ -148,8 +148,14 @@ def score(run_dir: Path, device: torch.device, split: str, sequences: int, draws
     r = likelihood(model, x, cfg, draws=draws, seed=0, batch_size=64, device=device)
     out = {"split": split, "bpc": r["bits"], "bpc_stderr": r["stderr"], "sequences": r["sequences"],
            "draws": r["draws"], "step": step, "seconds": round(time.perf_counter() - t0, 2)}
+    if cfg.diffusion.steps:  # trained for the k-step sampler: its own bound too
+        k = cfg.diffusion.steps
+        out[f"bpc_{k}_steps"] = likelihood(model, x, cfg, draws=draws, seed=0, batch_size=64, device=device,
+                                           steps=k)["bits"]
     if model.has_latent:
         out.update(latent_stats(model, x, None, cfg, device=device))
+    if model.mixture:
+        out.update(mixture_stats(model, x[:256], device=device))
     return out
 
 

@@ -16,7 +16,7 @@ from vmd.diffusion import diffusion_loss
 from vmd.evaluate import evaluate, likelihood
 from vmd.model import build_model
 from vmd.sampling import generate
-from vmd.schedule import LinearSchedule
+from vmd.schedule import LinearSchedule, make_schedule
 from vmd.steps import remaining, step_states
 
 VOCAB = 3
@@ -114,32 +114,38 @@ def test_one_token_a_step_equals_the_continuous_nelbo_in_expectation(preset, blo
     assert a["steps"] == k and b["steps"] == 0
 
 
-@pytest.mark.parametrize("length,k", [(7, 3), (8, 4), (5, 5), (9, 2)])
-def test_the_bound_reveals_what_the_sampler_reveals_at_each_step(length, k):
-    counts = remaining(torch.tensor([length]), k, LinearSchedule())[0]
+@pytest.mark.parametrize("length,k,given,schedule", [(7, 3, 0, "linear"), (8, 4, 0, "linear"), (5, 5, 0, "linear"),
+                                                     (9, 2, 0, "linear"), (11, 4, 3, "linear"), (10, 3, 0, "cosine"),
+                                                     (12, 5, 4, "cosine")])
+def test_the_bound_reveals_what_the_sampler_reveals_at_each_step(length, k, given, schedule):
+    sched = make_schedule(schedule)
+    counts = remaining(torch.tensor([length - given]), k, sched)[0]
     cfg = tiny("mdm", kind="d1")
     m = build_model(cfg, VOCAB, length).eval()
+    start = torch.full((1, length), m.mask_id)
+    start[0, :given] = 0
     seen = []
-    generate(m, torch.full((1, length), m.mask_id), nfe=k, generator=torch.Generator().manual_seed(0),
+    generate(m, start, nfe=k, schedule=sched, generator=torch.Generator().manual_seed(0),
              callback=lambda s: seen.append(int(s.revealed.sum())))
     assert [c for c in (counts[:-1] - counts[1:]).tolist() if c] == seen
-    # and the states: before step j, M_j masked, of which the step reveals M_j - M_{j+1}
-    x0 = torch.zeros(600, length, dtype=torch.long)
-    xt, masked, revealed, scale = step_states(x0, k, LinearSchedule(), 9, 1, generator=torch.Generator().manual_seed(0))
+    # and the states: before step j (uniform over the k), M_j of the free positions masked, of which the
+    # step reveals M_j - M_{j+1}, and the scale k * n_j / M_j that makes one step stand for all k
+    x0 = torch.zeros(3000, length, dtype=torch.long)
+    gv = torch.zeros_like(x0, dtype=torch.bool)
+    gv[:, :given] = True
+    xt, masked, revealed, scale = step_states(x0, k, sched, 9, 1, gv, torch.Generator().manual_seed(0))
+    assert not masked[:, :given].any()
     m_j = masked.sum(1)
-    assert set(m_j.tolist()) <= set(counts[:-1].tolist())
     for j in range(k):
         rows = m_j == counts[j]
-        assert (revealed[rows].sum(1) == counts[j] - counts[j + 1]).all()
+        if counts[j] == counts[j + 1] == 0:
+            continue
+        share = float(rows.double().mean())
+        assert share == pytest.approx(sum(int(c == counts[j]) for c in counts[:-1]) / k, abs=0.03)
+        n_j = int(counts[j] - counts[j + 1])
+        assert (revealed[rows].sum(1) == n_j).all()
+        torch.testing.assert_close(scale[rows, 0], torch.full((int(rows.sum()),), k * n_j / float(counts[j])))
     assert (revealed <= masked).all() and (xt[masked] == 9).all()
-
-
-def test_givens_are_never_masked_nor_counted():
-    x0 = torch.arange(8).view(1, 8).repeat(300, 1)
-    given = torch.zeros_like(x0, dtype=torch.bool)
-    given[:, :3] = True
-    _, masked, revealed, _ = step_states(x0, 5, LinearSchedule(), 99, 1, given, torch.Generator().manual_seed(0))
-    assert not masked[:, :3].any() and masked.sum(1).max() == 5
 
 
 def block_vmd(**sets):
@@ -222,3 +228,64 @@ def test_mixture_heads_start_with_uniform_weights_and_differ_per_class():
     torch.testing.assert_close(out.log_pi.exp(), torch.full((2, 1, 5), 0.2))
     assert not torch.allclose(out.log_p[:, :, 0], out.log_p[:, :, 1])
     assert F.kl_div(out.marginal(), out.log_p[:, :, 0], log_target=True, reduction="sum") > 0
+
+
+def test_a_step_s_own_z_pays_its_kl_once_per_step():
+    cfg, m = block_vmd(**{"diffusion.steps": 2, "latent.prior": "normal", "latent.encoder_sees_mask": "true"})
+    x0 = torch.randint(0, 11, (32, 16), generator=torch.Generator().manual_seed(0))
+    out = diffusion_loss(m, x0, LinearSchedule(), cfg.diffusion, cfg.latent, step=10**6,
+                         generator=torch.Generator().manual_seed(1))
+    assert float(out.latent_kl) > 0
+    assert float(out.nelbo - out.recon) == pytest.approx(2 * float(out.latent_kl), rel=1e-5)
+
+
+def test_a_block_mixture_scores_each_block_s_set_by_its_own_classes():
+    cfg, m = block_vmd(**{"latent.kind": "mixture", "latent.components": 3, "latent.prior": "normal"})
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randint(0, 11, (4, 16), generator=g)
+    xt = torch.where(torch.rand(x0.shape, generator=g) < 0.5, torch.full_like(x0, m.mask_id), x0)
+    revealed = (xt == m.mask_id) & (torch.rand(x0.shape, generator=g) < 0.5)
+    with torch.no_grad():
+        out = m(xt, None, x0)
+        got = out.set_nll(x0, revealed)
+        for b in range(4):
+            for blk in range(4):
+                span = slice(4 * blk, 4 * blk + 4)
+                total = 0.0
+                for c in range(3):
+                    lp = sum(float(out.log_p[b, i, c, x0[b, i]]) for i in range(16)[span] if revealed[b, i])
+                    total += math.exp(float(out.log_pi[b, blk, c]) + lp)
+                assert float(got[b, blk]) == pytest.approx(-math.log(total), abs=1e-5)
+        logits, c = out.draw(torch.Generator().manual_seed(3))  # only the drawn class's head, per block
+        picked = out.log_p.gather(2, c.repeat_interleave(4, 1)[:, :, None, None].expand(4, 16, 1, 11)).squeeze(2)
+        torch.testing.assert_close(torch.log_softmax(logits, -1), picked, rtol=0, atol=1e-5)
+
+
+def test_the_prefix_prior_reads_no_later_token_in_a_sliding_window_either():
+    from vmd.blockwise import BlockView
+
+    _, m = block_vmd()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 11, (2, 40), generator=g)  # past the model's 16 tokens: the window slides
+    for index in (2, 5, 9):
+        lo = 4 * index
+        xb = torch.full((2, 4), m.mask_id)
+        base = BlockView(m, x, index).sample_z(xb, torch.Generator().manual_seed(1))
+        moved = x.clone()
+        moved[:, lo:] = torch.randint(0, 11, (2, 40 - lo), generator=g)
+        again = BlockView(m, moved, index).sample_z(torch.randint(0, 11, (2, 4), generator=g),
+                                                     torch.Generator().manual_seed(1))
+        torch.testing.assert_close(again, base, rtol=0, atol=1e-6)
+        earlier = x.clone()
+        earlier[:, lo - 4: lo] = (earlier[:, lo - 4: lo] + 1) % 11
+        assert not torch.allclose(BlockView(m, earlier, index).sample_z(xb, torch.Generator().manual_seed(1)), base)
+
+
+def test_the_constant_control_builds_no_encoder_and_a_long_prefix_prior_run_is_cached_exactly():
+    _, held = block_vmd(**{"latent.constant": "true", "latent.prior": "normal"})
+    assert held.encoder is None and held.prior_net is None
+    _, m = block_vmd()
+    kw = dict(steps_per_block=2, temperature=1.0)
+    a = generate_blocks(m, 2, 44, cache=True, generator=sample_generators(4, 2), **kw)
+    b = generate_blocks(m, 2, 44, cache=False, generator=sample_generators(4, 2), **kw)
+    assert torch.equal(a, b)

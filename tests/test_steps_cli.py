@@ -60,6 +60,9 @@ def test_posterior_z_on_a_model_without_a_latent_is_a_no_op():
     (["latent.prior=prefix", "model.block_size=0"], "needs block diffusion"),
     (["latent.prior=prefix", "latent.encoder_sees_mask=true"], "latent.encoder_sees_mask false"),
     (["latent.kind=mixture", "latent.components=1"], "latent.components >= 2"),
+    (["latent.prior=prefix", "model.block_size=32"], "needs block diffusion"),
+    (["method=mdm", "latent.kind=mixture"], "set method vmd"),
+    (["diffusion.steps=5"], "must divide model.block_size (4)"),
     (["diffusion.steps=-1"], "diffusion.steps"),
 ])
 def test_bad_few_step_settings_are_one_line(corpus, tmp_path, sets, words):

@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 
 from vmd.config import DiffusionConfig, LatentConfig
-from vmd.model.mixture import MixtureLogits
+from vmd.model.mixture import MixtureLogits, marginal_logits
 from vmd.schedule import Schedule, sample_t
 from vmd.steps import step_states
 
@@ -131,7 +131,7 @@ def diffusion_loss(model, x0, schedule: Schedule, diff: DiffusionConfig, latent:
     b, n = x0.shape
     nb, k = model.blocks, diff.steps
     if k:
-        xt, masked, revealed, w = step_states(x0, k, schedule, model.mask_id, nb, given, generator)
+        xt, masked, revealed, w = step_states(x0, k, schedule, model.mask_id, nb, given, generator, diff.antithetic)
         # a step's own z (the encoder or prior reads the state) pays its KL once per step: k times a block
         charge = k * revealed.view(b, nb, -1).any(-1).float()
         w_train = w
@@ -157,7 +157,7 @@ def diffusion_loss(model, x0, schedule: Schedule, diff: DiffusionConfig, latent:
         nll = out.set_nll(x0, revealed)
         w = w_train = float(k) * torch.ones_like(w)
     else:
-        logits = (out.marginal() if isinstance(out, MixtureLogits) else out).float()
+        logits = marginal_logits(out).float()
         nll = (F.cross_entropy(logits.transpose(1, 2), x0, reduction="none") * masked).view(b, nb, -1).sum(-1)
     recon = (w * nll).sum(1)
     beta = kl_weight(latent, step)

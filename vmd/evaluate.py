@@ -13,6 +13,7 @@ from vmd.config import Config, SampleConfig
 from vmd.diffusion import diffusion_loss, latent_terms, mask_tokens
 from vmd.blockwise import generate_blocks, sample_generators
 from vmd.errors import ConfigError
+from vmd.model.mixture import marginal_logits
 from vmd.sampling import generate
 from vmd.schedule import make_schedule, sample_t
 
@@ -147,7 +148,7 @@ def judge_nll(judge, samples: torch.Tensor, batch_size: int = 64, device="cpu") 
     total = 0.0
     for lo in range(0, samples.shape[0], batch_size):
         x0 = samples[lo: lo + batch_size].to(device)
-        logits = judge(torch.full_like(x0, judge.mask_id), None, x0).float()
+        logits = marginal_logits(judge(torch.full_like(x0, judge.mask_id), None, x0)).float()
         total += float(F.cross_entropy(logits.transpose(1, 2), x0, reduction="sum"))
     return total / samples.numel()
 
@@ -172,4 +173,7 @@ def evaluate(model, task, cfg: Config, sc: SampleConfig, device="cpu", on_batch=
     if model.has_latent:
         x0, given = task.train_batch(4096, torch.Generator().manual_seed(0))  # training-like sequences
         metrics.update(latent_stats(model, x0, given, cfg, device=device))
+    if model.mixture:
+        x0, _ = task.train_batch(4096, torch.Generator().manual_seed(0))
+        metrics.update(mixture_stats(model, x0, device=device))
     return metrics

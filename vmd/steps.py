@@ -44,10 +44,11 @@ def remaining(free: torch.Tensor, k: int, schedule: Schedule) -> torch.Tensor:
     return m
 
 
-def step_states(x0: torch.Tensor, k: int, schedule: Schedule, mask_id: int, rows: int, given=None, generator=None):
+def step_states(x0: torch.Tensor, k: int, schedule: Schedule, mask_id: int, rows: int, given=None, generator=None,
+                antithetic: bool = True):
     """A state of the k-step sampler for each of ``rows`` groups of consecutive positions per sequence
     (blocks): each group's step j (stratified over batch x groups), a uniformly random order of its
-    free positions, and then (xt, masked, revealed, scale), each (B, L) but ``scale`` (B, rows):
+    free positions (``antithetic``: the steps stratified, else independent), and then (xt, masked, revealed, scale), each (B, L) but ``scale`` (B, rows):
     ``xt`` the state before step j, ``revealed`` the n_j positions step j fills, and ``scale`` =
     k * n_j / M_j, what turns the sum of a product model's cross-entropies over ``masked`` into an
     unbiased estimate of the sum over the k steps (0 where nothing is masked)."""
@@ -55,7 +56,7 @@ def step_states(x0: torch.Tensor, k: int, schedule: Schedule, mask_id: int, rows
     size = n // rows
     free = torch.ones_like(x0, dtype=torch.bool) if given is None else ~given
     free = free.view(b * rows, size)
-    u = sample_t(b * rows, antithetic=True, t_min=0.0, generator=generator, device=x0.device)
+    u = sample_t(b * rows, antithetic=antithetic, t_min=0.0, generator=generator, device=x0.device)
     j = (u * k).long().clamp(max=k - 1)
     m = remaining(free.sum(1), k, schedule)
     before, after = m.gather(1, j[:, None]), m.gather(1, j[:, None] + 1)  # (b * rows, 1)

@@ -12,6 +12,7 @@ from vmd.model.blocks import positions as block_positions
 from vmd.model.latent import Categorical, ConditionalPrior, Encoder, PointMass, StandardNormal
 from vmd.model.mixture import MixtureHeads, MixtureLogits
 from vmd.model.transformer import Trunk
+from vmd.steps import check_steps
 
 
 class MaskedDiffusionModel(nn.Module):
@@ -48,7 +49,10 @@ class MaskedDiffusionModel(nn.Module):
                            cond_mlp=lat.adaln == "mlp", rotary=rotary)
         self.head = MixtureHeads(m.dim, vocab, self.mixture) if self.mixture else nn.Linear(m.dim, vocab)
         self.encoder = self.prior_net = self.classes = None
-        if self.latent_dim:
+        if lat.prior == "prefix" and self.latent_dim and self.blocks == 1:
+            raise ConfigError("latent.prior prefix reads the clean blocks before each block: it needs more than one "
+                              f"block (model.block_size below the length, {length})")
+        if self.latent_dim and not self.constant_z:  # (z held at 0 needs neither encoder nor prior)
             self.classes = (lat.groups, lat.components) if categorical else None
             per_block = self.block_size if self.blocks > 1 else 0
             self.encoder = Encoder(vocab, length, lat.dim, lat.encoder_dim, lat.encoder_layers, m.heads, self.classes, layout,
@@ -72,7 +76,7 @@ class MaskedDiffusionModel(nn.Module):
         """The head on the trunk's states: logits (B, N, vocab), or a mixture's ``MixtureLogits``."""
         return self.head(h, groups) if self.mixture else self.head(h)
 
-    def forward(self, xt: torch.Tensor, z: torch.Tensor | None = None, x0: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, xt: torch.Tensor, z: torch.Tensor | None = None, x0: torch.Tensor | None = None):
         """Logits (B, L, vocab) for ``xt``. With blocks, ``x0`` is the clean sequence that each
         block's prefix is read from (the training pass over xt ⊕ x0, vmd/model/blocks.py), and ``z``
         has one latent per block (batch x blocks rows, or (B, blocks, d)), each modulating only its
@@ -177,8 +181,12 @@ class MaskedDiffusionModel(nn.Module):
 
 
 def build_model(cfg: Config, vocab: int, length: int, layout: torch.Tensor | None = None) -> MaskedDiffusionModel:
-    """``layout``: optional (length, F) position structure from the task (see ``Trunk``)."""
-    return MaskedDiffusionModel(cfg, vocab, length, layout)
+    """``layout``: optional (length, F) position structure from the task (see ``Trunk``). A model
+    trained for the k-step bound (``diffusion.steps``) must be able to run that sampler."""
+    model = MaskedDiffusionModel(cfg, vocab, length, layout)
+    if cfg.diffusion.steps:
+        check_steps(model, cfg.diffusion.steps, "diffusion.steps")
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -62,11 +62,16 @@ class MixtureLogits:
         noise = gumbel_noise(self.log_pi.double(), generator)
         c = (self.log_pi.double() + noise).argmax(-1)  # (B, groups)
         b, n, d = self._h.shape
-        per_position = c.repeat_interleave(n // c.shape[1], dim=1)  # (B, L)
-        v = self._heads.vocab
-        weight = self._heads.heads.weight.view(-1, v, d)[per_position]  # (B, L, V, d): the class's head only
-        bias = self._heads.heads.bias.view(-1, v)[per_position]
-        return torch.einsum("bnvd,bnd->bnv", weight, self._h) + bias, c
+        g, v = c.shape[1], self._heads.vocab
+        weight = self._heads.heads.weight.view(-1, v, d)[c]  # (B, groups, V, d): each block's class's head only
+        bias = self._heads.heads.bias.view(-1, v)[c]  # (B, groups, V)
+        h = self._h.view(b, g, n // g, d)
+        return (torch.einsum("bgvd,bgsd->bgsv", weight, h) + bias[:, :, None]).reshape(b, n, v), c
+
+
+def marginal_logits(out) -> torch.Tensor:
+    """A model's output as per-position logits: a mixture's class summed out, a tensor as it is."""
+    return out.marginal() if isinstance(out, MixtureLogits) else out
 
 
 class MixtureHeads(nn.Module):

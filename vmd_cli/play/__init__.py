@@ -20,7 +20,7 @@ def _model(source: Optional[str], bundled: str):
     from vmd_cli.sudoku import load_sudoku_model
 
     model, cfg, _, _ = load_sudoku_model(source, "cpu", bundled)
-    kind = "VMD" if model.has_latent else "MDM"
+    kind = cfg.method.upper()
     return model, cfg.sample.z_policy, kind if source is None else f"{kind} {Path(source).name}"
 
 

@@ -173,7 +173,7 @@ class SudokuScreen(Playback, Screen):
     def action_new_z(self) -> None:
         vmd = self.sides["vmd"]
         if not vmd.model.random_latent:
-            self.notify("The right-hand model is an MDM: it has no latent z to redraw.", severity="warning")
+            self.notify("The right-hand model draws no latent z to redraw.", severity="warning")
             return
         vmd.draws += 1
         self.recompute(("vmd",))  # both boards restart at step 0; the MDM's run does not change, so it is kept
