@@ -22,18 +22,18 @@ def runs(tmp_path_factory):
     corpus.write_text(CORPUS)
     other = tmp / "other.txt"  # another vocabulary
     other.write_text("to be or not to be\n" * 200)
-    out = {"bd3": tmp / "bd3", "vmd": tmp / "vmd", "other": tmp / "other"}
+    out = {"bd3": tmp / "bd3", "vmd": tmp / "vmd", "other": tmp / "other", "mix": tmp / "mix"}
     for key, preset, text in (("bd3", "shakespeare-bd3-block4", corpus), ("vmd", "shakespeare-block4", corpus),
-                              ("other", "shakespeare-bd3-block4", other)):
+                              ("other", "shakespeare-bd3-block4", other), ("mix", "shakespeare-block4-k1", corpus)):
         train(C.load(preset, None, TINY[1::2] + [f"task.file={text}", "train.steps=2"]), out[key])
     return out
 
 
-def drive(runs, script, size=(80, 24), **kwargs):
+def drive(runs, script, size=(80, 24), right="vmd", **kwargs):
     """Run ``script(app, pilot)`` against the text screen; returns what the script returns."""
 
     async def main():
-        app = build_app(text=True, bd3=str(runs["bd3"]), vmd=str(runs["vmd"]), **kwargs)
+        app = build_app(text=True, bd3=str(runs["bd3"]), vmd=str(runs[right]), **kwargs)
         async with app.run_test(size=size) as pilot:
             await settle(app, pilot)
             return await script(app, pilot)
@@ -102,7 +102,8 @@ def test_stepping_reveals_characters_and_highlights_this_steps_only(runs):
     drive(runs, script, prompt="Fir", length=20)
 
 
-def test_z_redraws_the_vmd_from_the_current_block_on_deterministically(runs):
+@pytest.mark.parametrize("right", ["vmd", "mix"])  # a Gaussian z per block; a mixture's class per block and step
+def test_z_redraws_the_vmd_from_the_current_block_on_deterministically(runs, right):
     async def script(app, pilot):
         screen = app.screen
         while screen.frame("vmd").block < 3 or screen.frame("vmd").index < 2:
@@ -122,8 +123,8 @@ def test_z_redraws_the_vmd_from_the_current_block_on_deterministically(runs):
         assert "z draw 2" in str(screen.query_one("#title-vmd").render())
         return new.tolist()
 
-    first = drive(runs, script, seed=3)
-    assert drive(runs, script, seed=3) == first  # a fixed seed: the same redraw
+    first = drive(runs, script, seed=3, right=right, steps_per_block=2)
+    assert drive(runs, script, seed=3, right=right, steps_per_block=2) == first  # a fixed seed: the same redraw
 
 
 def test_brackets_change_the_steps_per_block_within_1_and_the_block_size(runs):
