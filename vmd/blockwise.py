@@ -23,12 +23,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
 import torch
 
 from vmd.errors import ConfigError
 from vmd.model.latent import select_rows
-from vmd.sampling import RowGenerators, generate
+from vmd.sampling import generate, sample_generators  # noqa: F401 (sample_generators: imported from here too)
 from vmd.schedule import Schedule
 
 
@@ -43,13 +42,6 @@ class BlockStep:
     x: torch.Tensor  # (N, total) the sequence so far, the mask id where still masked or not yet made
     revealed: torch.Tensor  # (N, total) bool: positions filled in this step
     z: torch.Tensor | None
-
-
-def sample_generators(seed: int, n: int) -> RowGenerators:
-    """One random stream per sample, fixed by ``seed`` and the sample's index: sample i draws the
-    same whatever the batch size."""
-    return RowGenerators(torch.Generator().manual_seed(int(np.random.SeedSequence([seed, i]).generate_state(1)[0]))
-                         for i in range(n))
 
 
 class BlockView:

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
 from vmd.schedule import LinearSchedule, Schedule
@@ -65,6 +66,13 @@ class RowGenerators:
         zero = torch.zeros(shape[1:], dtype=dtype) if not all(drawing) else None
         parts = [draw(i, g) if on else zero for i, (g, on) in enumerate(zip(self.generators, drawing))]
         return torch.stack(parts).to(device)
+
+
+def sample_generators(seed: int, n: int) -> RowGenerators:
+    """One random stream per sample, fixed by ``seed`` and the sample's index: sample i draws the
+    same whatever the batch size."""
+    return RowGenerators(torch.Generator().manual_seed(int(np.random.SeedSequence([seed, i]).generate_state(1)[0]))
+                         for i in range(n))
 
 
 def rand(shape, generator=None, device=None, dtype=None) -> torch.Tensor:

@@ -47,8 +47,9 @@ def load_sudoku_model(model: Optional[str], device: Optional[str], bundled: str 
              "  vmd solve puzzles.txt\n\n"
              "  vmd solve puzzles.csv --nfe 5 --restarts 4 --format line\n\n"
              "  cat puzzle.sdk | vmd solve - --model runs/sudoku-vmd-tiny\n\n"
-             "Exit code: 0 when every puzzle is solved, 1 when some are not (the summary on stderr names them), "
-             "2 for bad input.")
+             "  vmd solve empty.txt --samples 100 --nfe 20 --format json\n\n"
+             "Exit code: 0 when every puzzle is solved (with --samples: got at least one valid completion), 1 when "
+             "some are not (the summary on stderr names them), 2 for bad input.")
 @friendly
 def solve(
     file: str = typer.Argument(..., help="Puzzle file: 81-character lines, 9x9 grids (with or without borders) or CSV; - for stdin."),
@@ -61,6 +62,9 @@ def solve(
                             "the puzzle as given, blanks as '.', when not solved); json (one object a line: puzzle, solved, "
                             "solution, null when not solved, and then the attempt)."),
     seed: int = typer.Option(0, help="Sampling seed."),
+    samples: Optional[int] = typer.Option(None, help="Open puzzles (several answers): N independent completions of "
+                                          "each puzzle, each its own random stream and z; prints the distinct valid "
+                                          "ones with how often each came (json: all of them)."),
     batch_size: Optional[int] = typer.Option(None, help="Puzzles per batch \\[default: 64 on a CPU, 256 on a GPU]. On a "
                                              "CPU, one batch per torch thread (OMP_NUM_THREADS) runs at a time."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or mps \\[default: the model's]."),
@@ -73,12 +77,16 @@ def solve(
 
     if fmt not in FORMATS:
         fail(f"unknown --format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    if restarts < 0 or (batch_size is not None and batch_size < 1):
-        fail("--restarts must be >= 0 and --batch-size >= 1")
+    if restarts < 0 or (batch_size is not None and batch_size < 1) or (samples is not None and samples < 1):
+        fail("--restarts must be >= 0, --batch-size and --samples >= 1")
     C.from_dict({"sample": {"nfe": nfe, "strategy": strategy}, **({"device": {"device": device}} if device else {})})
     puzzles = read_puzzles(file)
     net, cfg, _, dev = load_sudoku_model(model, device)
     grids, _ = puzzles_to_tensors(puzzles)
+    options = dict(nfe=nfe, strategy=strategy, restarts=restarts, batch_size=batch_size, seed=seed,
+                   z_policy=cfg.sample.z_policy, schedule=cfg.diffusion.schedule, device=dev)
+    if samples is not None:
+        return show_completions(net, puzzles, grids, samples, fmt, options)
     t0 = time.perf_counter()
     with progress_bar("solve", len(puzzles)) as (bar, task):
         result = solve_puzzles(net, grids, nfe=nfe, strategy=strategy, restarts=restarts, batch_size=batch_size,
@@ -101,6 +109,45 @@ def solve(
         missed = [p.source for p, ok in zip(puzzles, result.solved.tolist()) if not ok]
         more = f" and {len(missed) - 10} more" if len(missed) > 10 else ""
         err.print(f"not solved: {', '.join(missed[:10])}{more}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
+def show_completions(net, puzzles, grids, samples: int, fmt: str, options: dict) -> None:
+    """``vmd solve --samples N``: N completions a puzzle, the distinct valid ones shown with their counts."""
+    import json
+
+    from vmd.sudoku.grid import conflicts, to_line
+    from vmd.sudoku.solve import sample_completions
+
+    t0 = time.perf_counter()
+    with progress_bar(f"{samples} samples a puzzle", len(puzzles) * samples) as (bar, task):
+        found = sample_completions(net, grids, samples, on_batch=lambda k: bar.advance(task, k), **options)
+    seconds = time.perf_counter() - t0
+    for p, c in zip(puzzles, found):
+        if fmt == "json":
+            print(json.dumps({"puzzle": to_line(p.grid), "samples": c.samples, "valid": c.valid,
+                              "distinct": [{"solution": to_line(g), "count": k} for g, k in c.distinct]}))
+        elif fmt == "line":  # each distinct valid completion, or the puzzle as given when there is none
+            for g, _ in c.distinct or [(p.grid, 0)]:
+                print(to_line(g))
+        else:
+            mark = f"[green]{len(c.distinct)} distinct[/]" if c.distinct else "[bold red]NO VALID COMPLETION[/]"
+            out.print(f"{p.source}  {p.givens} givens  {c.valid}/{c.samples} valid, {mark}", highlight=False)
+            for g, k in c.distinct:
+                out.print(f"x{k}", highlight=False)
+                out.print(draw(p.grid, g, set()))
+            if not c.distinct:
+                out.print(draw(p.grid, c.first, conflicts(c.first)))
+    some = sum(bool(c.distinct) for c in found)
+    valid = sum(c.valid for c in found)
+    distinct = sum(len(c.distinct) for c in found)
+    err.print(f"{some}/{len(puzzles)} puzzles got at least one valid completion; {valid}/{len(puzzles) * samples} "
+              f"samples valid, {distinct} distinct, in {seconds:.2f} s; NFE {options['nfe']}, {options['strategy']}",
+              highlight=False, soft_wrap=True)
+    if some < len(puzzles):
+        missed = [p.source for p, c in zip(puzzles, found) if not c.distinct]
+        more = f" and {len(missed) - 10} more" if len(missed) > 10 else ""
+        err.print(f"no valid completion: {', '.join(missed[:10])}{more}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 
 

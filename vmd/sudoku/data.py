@@ -18,7 +18,6 @@ being made and where it goes, or which cached file is used.
 
 from __future__ import annotations
 
-import hashlib
 import multiprocessing
 import os
 import random
@@ -28,8 +27,7 @@ from typing import Callable
 
 import torch
 
-from vmd.atomic import atomic_write
-from vmd.cache import CACHE_HINT, cache_dir
+from vmd.cache import cache_dir, read_checked, write_checked
 from vmd.cache import check_writable as _check_writable
 from vmd.errors import DataError
 from vmd.sudoku.grid import Puzzle, read_puzzles
@@ -91,13 +89,6 @@ def _generate(n: int, min_givens: int, max_givens: int, seed: int, workers: int,
     return puzzles, solutions
 
 
-def _digest(puzzles: torch.Tensor, solutions: torch.Tensor) -> str:
-    h = hashlib.sha256()
-    for t in (puzzles, solutions):
-        h.update(t.contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 def _settings(n: int, min_givens: int, max_givens: int, seed: int) -> dict[str, str]:
     return {"format": FORMAT_VERSION, "n": str(n), "givens": f"{min_givens}-{max_givens}", "seed": str(seed)}
 
@@ -117,30 +108,16 @@ def _problem(puzzles: torch.Tensor, solutions: torch.Tensor, min_givens: int, ma
 
 def _load_cached(path: Path, settings: dict[str, str], min_givens: int, max_givens: int):
     """(puzzles, solutions) from a cached file, or the reason it cannot be used."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            puzzles, solutions = f.get_tensor("puzzles"), f.get_tensor("solutions")
-    except Exception as e:  # noqa: BLE001 - any failure to read is a corrupt cache
-        return f"unreadable ({type(e).__name__})"
     n = int(settings["n"])
-    if any(meta.get(k) != v for k, v in settings.items()):
-        return "its settings do not match"
-    if puzzles.shape != (n, 81) or solutions.shape != (n, 81) or {puzzles.dtype, solutions.dtype} != {torch.uint8}:
-        return "wrong shape or type"
-    if meta.get("sha256") != _digest(puzzles, solutions):
-        return "checksum mismatch"
-    return _problem(puzzles, solutions, min_givens, max_givens) or (puzzles, solutions)
+    got = read_checked(path, settings, {"puzzles": ((n, 81), torch.uint8), "solutions": ((n, 81), torch.uint8)},
+                       lambda t: _problem(t["puzzles"], t["solutions"], min_givens, max_givens))
+    return got if isinstance(got, str) else (got["puzzles"], got["solutions"])
 
 
 def generated_set(n: int, min_givens: int, max_givens: int, seed: int = 0, workers: int | None = None,
                   progress: Progress | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` puzzles with unique solutions and ``min_givens``-``max_givens`` givens, and their
     solutions, as (n, 81) uint8 tensors (0 blank). ``min_givens = 81`` gives complete grids."""
-    from safetensors.torch import save
-
     root = cache_dir()
     path = root / "sudoku" / f"v{FORMAT_VERSION}-n{n}-givens{min_givens}-{max_givens}-seed{seed}.safetensors"
     what = f"{n} Sudoku solution grids" if min_givens == 81 else f"{n} Sudoku puzzles ({min_givens}-{max_givens} givens)"
@@ -170,11 +147,7 @@ def generated_set(n: int, min_givens: int, max_givens: int, seed: int = 0, worke
     problem = _problem(puzzles, solutions, min_givens, max_givens)
     if problem:  # never cache a bad set
         raise DataError(f"the generated set is wrong ({problem}); this is a bug, please report it")
-    try:
-        atomic_write(path, save({"puzzles": puzzles, "solutions": solutions},
-                                metadata={**settings, "sha256": _digest(puzzles, solutions)}))
-    except OSError as e:
-        raise DataError(f"could not write the data cache {path} ({e.strerror or e}); {CACHE_HINT}") from None
+    write_checked(path, {"puzzles": puzzles, "solutions": solutions}, settings)
     return puzzles, solutions
 
 

@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from vmd.sampling import RowGenerators, Step, generate
+from vmd.sampling import RowGenerators, Step, generate, sample_generators
 from vmd.schedule import make_schedule
 from vmd.sudoku.grid import UNITS
 from vmd.tasks.sudoku import to_digits, to_tokens
@@ -102,11 +102,13 @@ def solving_workers(device, batches: int, workers: int | None = None):
 def solve(model, puzzles: torch.Tensor, *, nfe: int = 10, strategy: str = "top-margin", temperature: float = 0.0,
           restarts: int = 0, batch_size: int | None = None, seed: int = 0, z_policy: str = "once",
           schedule: str = "linear", device="cpu", workers: int | None = None,
-          on_batch: Callable[[int], None] | None = None) -> SolveResult:
+          on_batch: Callable[[int], None] | None = None, streams: RowGenerators | None = None) -> SolveResult:
     """Solve (n, 81) puzzles (digits, 0 blank). Restarts redraw z for the failures (a VMD) and
     perturb the order in which cells are filled (``RESTART_ORDER_NOISE``), for an MDM too;
     values stay at ``temperature``. ``batch_size`` None: ``default_batch_size(device)``;
-    ``workers`` None: ``solving_workers``'s choice. ``on_batch`` may be called from a worker thread."""
+    ``workers`` None: ``solving_workers``'s choice. ``on_batch`` may be called from a worker thread.
+    ``streams``: one random stream per row (``vmd.sampling.sample_generators``) in place of each
+    puzzle's own (``puzzle_generators``), so that the same puzzle twice draws twice."""
     if batch_size is None:
         batch_size = default_batch_size(device)
     sched = make_schedule(schedule)
@@ -118,7 +120,7 @@ def solve(model, puzzles: torch.Tensor, *, nfe: int = 10, strategy: str = "top-m
     def solve_batch(index: int) -> None:  # writes only its own rows of the results
         lo = index * batch_size
         p = puzzles[lo: lo + batch_size]
-        gen = puzzle_generators(p, seed)
+        gen = puzzle_generators(p, seed) if streams is None else streams.subset(torch.arange(lo, lo + p.shape[0]))
         todo = torch.arange(p.shape[0])
         for attempt in range(restarts + 1):
             x = generate(model, to_tokens(p[todo]).to(device), nfe=nfe, strategy=strategy, temperature=temperature,
@@ -147,6 +149,40 @@ def solve(model, puzzles: torch.Tensor, *, nfe: int = 10, strategy: str = "top-m
             finally:  # on an error or Ctrl-C, drop the batches not started instead of solving them first
                 pool.shutdown(wait=True, cancel_futures=True)
     return SolveResult(grids, solved, attempts)
+
+
+@dataclass
+class Completions:
+    """What ``samples`` independent completions of one puzzle gave: ``valid`` of them were valid
+    grids keeping its givens; ``distinct`` the different valid grids with how often each came,
+    most frequent first; ``first`` the first sample (for a puzzle with no valid one)."""
+
+    samples: int
+    valid: int
+    distinct: list[tuple[tuple[int, ...], int]]
+    first: tuple[int, ...]
+
+
+def sample_completions(model, puzzles: torch.Tensor, samples: int, *, seed: int = 0, on_batch=None,
+                       **options) -> list[Completions]:
+    """``samples`` completions of each of the (n, 81) ``puzzles``, each from its own random stream (and
+    so its own z), fixed by ``seed``, the puzzle's place in ``puzzles`` and the sample's index: two
+    equal puzzles draw differently, the same call twice gives the same. ``options`` as ``solve``'s."""
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    n = puzzles.shape[0]
+    rows = puzzles.repeat_interleave(samples, dim=0)
+    result = solve(model, rows, seed=seed, streams=sample_generators(seed, n * samples), on_batch=on_batch, **options)
+    out = []
+    for i in range(n):
+        part = slice(i * samples, (i + 1) * samples)
+        counts: dict[tuple[int, ...], int] = {}
+        for grid, ok in zip(result.grids[part].tolist(), result.solved[part].tolist()):
+            if ok:
+                counts[tuple(grid)] = counts.get(tuple(grid), 0) + 1
+        distinct = sorted(counts.items(), key=lambda kv: -kv[1])
+        out.append(Completions(samples, int(result.solved[part].sum()), distinct, tuple(result.grids[i * samples].tolist())))
+    return out
 
 
 @dataclass

@@ -20,8 +20,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from vmd.atomic import atomic_write
-from vmd.cache import CACHE_HINT, cache_dir, check_writable
+from vmd.cache import CACHE_HINT, cache_dir, check_writable, read_checked, write_checked
 from vmd.errors import DataError
 from vmd.tasks.tokenizers import CharTokenizer, UnknownChar, describe
 
@@ -137,37 +136,14 @@ def _settings() -> dict[str, str]:
     return {"format": FORMAT_VERSION, "text_sha1": TEXT_SHA1, "splits": ",".join(map(str, SPLITS)), "chars": CHARS}
 
 
-def _digest(parts: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for name in NAMES:
-        h.update(parts[name].contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 def _load_cached(path: Path) -> dict[str, torch.Tensor] | str:
     """The cached splits, or the reason they cannot be used."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            parts = {name: f.get_tensor(name) for name in NAMES}
-    except Exception as e:  # noqa: BLE001 - any failure to read is a corrupt cache
-        return f"unreadable ({type(e).__name__})"
-    if any(meta.get(k) != v for k, v in _settings().items()):
-        return "its settings do not match"
-    if any(parts[n].dtype != torch.uint8 or tuple(parts[n].shape) != (k,) for n, k in zip(NAMES, SPLITS)):
-        return "wrong shape or type"
-    if meta.get("sha256") != _digest(parts):
-        return "checksum mismatch"
-    return parts
+    return read_checked(path, _settings(), {n: ((k,), torch.uint8) for n, k in zip(NAMES, SPLITS)})
 
 
 def splits(progress: Progress | None = None) -> dict[str, torch.Tensor]:
     """{"train", "valid", "test"}: text8's standard splits as uint8 token ids (``CHARS`` order),
     from the cache, else made from the zip (downloaded first if it is not there)."""
-    from safetensors.torch import save
-
     progress = progress or (lambda *a: None)
     root = cache_dir()
     path = root / "text8" / f"splits-v{FORMAT_VERSION}.safetensors"
@@ -196,9 +172,6 @@ def splits(progress: Progress | None = None) -> dict[str, torch.Tensor]:
     ids = torch.from_numpy(ids.astype(np.uint8))
     bounds = np.cumsum((0,) + SPLITS)
     parts = {name: ids[bounds[i]:bounds[i + 1]].clone() for i, name in enumerate(NAMES)}
-    try:
-        atomic_write(path, save(parts, metadata={**_settings(), "sha256": _digest(parts)}))
-    except OSError as e:
-        raise DataError(f"could not write the data cache {path} ({e.strerror or e}); {CACHE_HINT}") from None
+    write_checked(path, parts, _settings())
     progress(1, 1, label)
     return parts
