@@ -47,6 +47,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is one of our temporary files (``.NAME.tmp-PID``), which a killed write leaves."""
+    return _TEMP.fullmatch(name) is not None
+
+
 def clean_stale_temps(run_dir: Path, locked: bool = False) -> list[Path]:
     """Remove the temporary files (``.NAME.tmp-PID``) that a killed write left in ``run_dir``;
     returns them. By default only those whose process is gone (another process may be writing

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 
 from vmd.config_checks import RANGES, validate
-from vmd.errors import ConfigError
+from vmd.errors import ConfigError, shown
 
 
 @dataclass
@@ -204,12 +204,12 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     """Check one leaf value against its annotated type; int is accepted where float is."""
     if typing.get_origin(tp) is list:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path}: expected a list such as [0.3, 0.8], got {value!r}")
+            raise ConfigError(f"{path}: expected a list such as [0.3, 0.8], got {shown(value)}")
         return [_coerce(v, typing.get_args(tp)[0], f"{path}[{i}]") for i, v in enumerate(value)]
     if typing.get_origin(tp) is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
-            raise ConfigError(f"{path}: {value!r} is not valid; choose one of {', '.join(map(str, choices))}")
+            raise ConfigError(f"{path}: {shown(value)} is not valid; choose one of {', '.join(map(str, choices))}")
         return value
     if tp is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
         try:
@@ -223,20 +223,20 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         or (tp is str and isinstance(value, str))
     )
     if not ok:
-        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {shown(value)} ({type(value).__name__})")
     return float(value) if tp is float else value
 
 
 def _unknown_key(key: str, choices: list[str], path: str) -> ConfigError:
-    near = difflib.get_close_matches(key, choices, n=1)
+    near = difflib.get_close_matches(key[:200], choices, n=1)
     hint = f" (did you mean '{near[0]}'?)" if near else ""
-    where = f"'{path}.{key}'" if path else f"'{key}'"
+    where = shown(f"{path}.{key}" if path else key)
     return ConfigError(f"unknown key {where}{hint}; valid keys here: {', '.join(choices)}")
 
 
 def _build(cls: type, data: Any, path: str) -> Any:
     if not isinstance(data, dict):
-        raise ConfigError(f"{path or 'config'}: expected a mapping of keys, got {data!r}")
+        raise ConfigError(f"{path or 'config'}: expected a mapping of keys, got {shown(data)}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -251,7 +251,7 @@ def _build(cls: type, data: Any, path: str) -> Any:
             kwargs[key] = _coerce(value, tp, sub)
             check = RANGES.get(sub)
             if check and not check[0](kwargs[key]):
-                raise ConfigError(f"{sub}: {value!r} is out of range; expected {check[1]}")
+                raise ConfigError(f"{sub}: {shown(value)} is out of range; expected {check[1]}")
     return cls(**kwargs)
 
 
@@ -270,9 +270,55 @@ def to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
+YAML_VALUES = 100_000  # the most values a YAML document may hold once its aliases are expanded
+
+
+def _expanded(node, memo: dict) -> int:
+    """How many values ``node`` stands for with every alias expanded (aliases share their node, so
+    this is counted on the graph, never expanded), stopping early past ``YAML_VALUES``."""
+    if id(node) in memo:
+        return memo[id(node)]
+    total = 1
+    if isinstance(node, yaml.MappingNode):
+        children = [part for pair in node.value for part in pair]
+    elif isinstance(node, yaml.SequenceNode):
+        children = node.value
+    else:
+        children = []
+    for child in children:
+        total += _expanded(child, memo)
+        if total > YAML_VALUES:
+            break
+    memo[id(node)] = total
+    return total
+
+
+def safe_yaml(text: str, where: str):
+    """``yaml.safe_load`` (no tags that build Python objects), bounded before anything is built: a
+    document whose aliases expand to more than ``YAML_VALUES`` values ("billion laughs"), or nested
+    past Python's recursion limit, is one ConfigError naming ``where``."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        try:
+            if _expanded(node, {}) > YAML_VALUES:
+                raise ConfigError(f"{where}: its aliases expand to more than {YAML_VALUES:,} values; write the "
+                                  "values out, or use fewer aliases")
+        except RecursionError:
+            raise ConfigError(f"{where}: nested too deeply") from None
+        try:
+            return loader.construct_document(node)
+        except (ValueError, OverflowError) as e:  # e.g. an integer of more digits than Python converts
+            raise ConfigError(f"{where}: {str(e).split(';')[0]}") from None
+    finally:
+        loader.dispose()
+
+
 def _read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = safe_yaml(path.read_text(), str(path))
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
     except yaml.YAMLError as e:
@@ -309,13 +355,13 @@ def preset_data(name: str) -> dict:
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``a.b.c=value`` -> (['a', 'b', 'c'], value), the value read as YAML (so 3 is an int)."""
     if "=" not in text:
-        raise ConfigError(f"override '{text}' must look like key.path=value")
+        raise ConfigError(f"override {shown(text)} must look like key.path=value")
     key, raw = text.split("=", 1)
     parts = key.strip().split(".")
     if not all(parts):
-        raise ConfigError(f"override '{text}' has an empty key")
+        raise ConfigError(f"override {shown(text)} has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_yaml(raw, f"override {shown(text)}") if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return parts, value
@@ -336,7 +382,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         for p in parts[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override '{text}': '{p}' is not a section")
+                raise ConfigError(f"override {shown(text)}: {shown(p)} is not a section")
         node[parts[-1]] = value
     return data
 
@@ -355,7 +401,7 @@ def load(preset: str | None = None, file: str | Path | None = None, overrides: l
 def load_yaml_text(text: str) -> Config:
     """A config saved with a run (its YAML text)."""
     try:
-        data = yaml.safe_load(text)
+        data = safe_yaml(text, "saved config")
     except yaml.YAMLError as e:
         raise ConfigError(f"saved config is not valid YAML: {str(e).splitlines()[0]}") from e
     return from_dict(data or {})

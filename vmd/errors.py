@@ -19,3 +19,20 @@ class DataError(VmdError):
 
 class TrainingDiverged(VmdError):
     """The loss became NaN or infinite; the last checkpoint is kept."""
+
+
+SHOWN = 80  # the most characters of a user's value that a message echoes
+
+
+def shown(value, limit: int = SHOWN) -> str:
+    """``repr(value)`` for a message, at most about ``limit`` characters: a long string is cut and says
+    how long it was; a large or deeply nested structure is summarised level by level (``reprlib``) before
+    it is cut, so echoing a value never walks more of it than it shows."""
+    import reprlib
+
+    if isinstance(value, str):
+        return repr(value) if len(value) <= limit else f"{value[:limit]!r}... ({len(value):,} characters)"
+    short = reprlib.Repr()
+    short.maxlevel, short.maxlist, short.maxdict, short.maxtuple, short.maxstring, short.maxother = 3, 4, 4, 4, 40, 40
+    text = short.repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."

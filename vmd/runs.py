@@ -14,12 +14,12 @@ from typing import Callable
 import torch
 
 from vmd import checkpoint, config as C, distributed, history
-from vmd.atomic import clean_stale_temps
+from vmd.atomic import clean_stale_temps, is_temp_name
 from vmd.config import Config
 from vmd.devices import resolve_device
 from vmd.diffusion import METRICS
-from vmd.errors import CheckpointError, ConfigError
-from vmd.runlock import RunLock, ensure_run_dir
+from vmd.errors import CheckpointError, ConfigError, shown
+from vmd.runlock import LOCK_FILE, RunLock, ensure_run_dir
 
 
 def _join(cfg: Config) -> distributed.World:
@@ -43,6 +43,24 @@ def model_changes(old: Config, new: Config) -> list[tuple[str, object, object]]:
     return changes + [(k, *flat[k]) for k in keys if k not in _NOT_SHAPE and flat[k][0] != flat[k][1]]
 
 
+def refuse_occupied(run_dir: Path) -> None:
+    """A new run goes into a folder that does not exist yet or is empty (but for a lock or temporary
+    files a run of ours left): never among files that are not its own, which it would replace."""
+    if not run_dir.is_dir():
+        return
+    if checkpoint.has_checkpoint(run_dir):
+        raise CheckpointError(f"{run_dir} already holds a run; continue it with --resume or choose another --out")
+    try:
+        others = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE and not is_temp_name(p.name))
+    except OSError as e:
+        raise CheckpointError(f"cannot read the folder {run_dir}: {e.strerror or e}") from None
+    if others:
+        listed = ", ".join(shown(name, 40) for name in others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise CheckpointError(f"{run_dir} is not empty (it holds {listed}): a new run needs a new or empty folder, so "
+                              f"that none of its files replaces one of yours; choose another --out, or a folder inside "
+                              f"this one (e.g. --out {run_dir / 'run'})")
+
+
 def create(cls, cfg: Config, run_dir: Path, callback=None):
     """A new ``cls`` (Trainer) run in ``run_dir``, which must not hold a run already (nothing is
     overwritten). The directory is made and locked first, so a run that cannot write it fails
@@ -51,9 +69,10 @@ def create(cls, cfg: Config, run_dir: Path, callback=None):
     made = not Path(run_dir).exists()
 
     def open_new() -> RunLock:
+        refuse_occupied(Path(run_dir))
         lock = RunLock(ensure_run_dir(run_dir))
         try:
-            if checkpoint.has_checkpoint(run_dir):
+            if checkpoint.has_checkpoint(run_dir):  # (written since the check above)
                 raise CheckpointError(f"{run_dir} already holds a run; continue it with --resume or choose another --out")
             clean_stale_temps(run_dir, locked=True)
             history.truncate_after(run_dir, 0)  # a run killed before its first checkpoint left nothing to keep

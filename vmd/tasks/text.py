@@ -35,7 +35,7 @@ import torch
 
 import vmd
 from vmd.config import TaskConfig
-from vmd.errors import DataError
+from vmd.errors import DataError, shown
 from vmd.tasks import text8
 from vmd.tasks.tokenizers import CharTokenizer, PieceTokenizer, UnknownChar, describe, from_state
 
@@ -54,8 +54,8 @@ def resolve_file(value: str) -> Path:
     for path in tried:
         if path.exists():
             return path
-    places = " and ".join(os.path.normpath(p.absolute()) for p in tried)
-    raise DataError(f"task.file {value!r} not found (looked at {places}); give a text file or folder with "
+    places = " and ".join(os.path.normpath(p.absolute())[:200] for p in tried)
+    raise DataError(f"task.file {shown(value)} not found (looked at {places}); give a text file or folder with "
                     "--set task.file=PATH")
 
 
