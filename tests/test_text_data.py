@@ -144,9 +144,6 @@ def test_bad_text_files_are_one_error_naming_the_detail(tmp_path, monkeypatch):
     short = tmp_path / "short.txt"
     short.write_text("a few words, not enough for a sequence of sixteen in each split\n" * 3)
     fails(short, "too short for task.length=16: its valid split has 10 characters.*at least about 320 characters")
-    odd = tmp_path / "odd.txt"
-    odd.write_text(prose(900) + "the end is \u00e9 here\n", encoding="utf-8")
-    fails(odd, r"odd.txt line 101: character 'é' \(U\+00E9\) of the test split never occurs in the training split")
     archive = tmp_path / "t.zip"
     with zipfile.ZipFile(archive, "w") as z:
         z.writestr("t.txt", "text")
@@ -300,3 +297,13 @@ def test_a_text8_member_that_does_not_match_is_refused(fake_text8, monkeypatch):
     monkeypatch.setattr(T8, "TEXT_SHA1", "0" * 40)
     with pytest.raises(DataError, match="its member 'text8' is not text8 as published"):
         make_task(text_cfg("")).prepare()
+
+
+@pytest.mark.parametrize("tokenizer,size", [("char", 0), ("sentencepiece", 60)])
+def test_a_character_only_the_test_split_holds_is_a_token_not_a_refusal(tmp_path, tokenizer, size):
+    odd = tmp_path / "odd.txt"
+    odd.write_text(prose(900) + "the end is \u00e9 and _ here\n", encoding="utf-8")
+    task = make_task(text_cfg(odd, tokenizer=tokenizer, vocab_size=size))
+    assert {"\u00e9", "_"} <= task.tokenizer.alphabet
+    assert "\u00e9" in task.split_text("test") and "\u00e9" not in task.split_text("train")
+    assert task.encode_prompt("\u00e9").numel() >= 1

@@ -10,9 +10,10 @@ Splits, by a stated rule:
   splits), and each split is tokenised on its own.
 
 Tokens: ``char`` is one token per character (text8: its 27 characters, ' ' then a-z; your own text:
-the characters of the training split in code point order, and a character of valid or test that
-training never shows is an error naming it and its line); ``sentencepiece`` is a BPE model of
-``task.vocab_size`` pieces trained on the training split (``vmd.tasks.tokenizers``). Either is
+every character of the whole corpus, in code point order, so that a rare character of the valid or
+test split is a token too, never a refusal); ``sentencepiece`` is a BPE model of
+``task.vocab_size`` pieces trained on the training split, plus one piece for each character that
+only valid or test hold (``vmd.tasks.tokenizers``). Either is
 ``state()``, stored with the run: a task built from it needs no corpus to format, start or score
 samples, and reads the corpus only when batches or evaluation sequences are asked for.
 
@@ -140,34 +141,26 @@ class TextTask:
             self.tokenizer = CharTokenizer(text8.CHARS)
         else:
             self._corpus = corpus = read_corpus(resolve_file(cfg.file))
-            self._check_characters(corpus)
+            self._check_lengths(corpus)
             train = corpus.text[slice(*corpus.bounds("train"))]
+            alphabet = "".join(sorted(set(corpus.text)))  # the whole corpus's: a rare character anywhere has a token
             if cfg.tokenizer == "char":
-                self.tokenizer = CharTokenizer("".join(sorted(set(train))))
-            else:
-                self.tokenizer = PieceTokenizer.train(train, cfg.vocab_size, f"the training split of {corpus.path}")
+                self.tokenizer = CharTokenizer(alphabet)
+            else:  # pieces learned from the training split; characters only valid or test hold get one each
+                rare = "".join(sorted(set(alphabet) - set(train)))
+                self.tokenizer = PieceTokenizer.train(train + ("\n" + rare if rare else ""), cfg.vocab_size,
+                                                      f"the training split of {corpus.path}")
         self.vocab = self.tokenizer.vocab
 
-    def _check_characters(self, corpus: Corpus) -> None:
+    def _check_lengths(self, corpus: Corpus) -> None:
         """Before any tokenizer is made: each split holds at least ``length`` characters (a token holds
-        at least one), and valid and test hold no character that training never shows."""
+        at least one)."""
         n, length = len(corpus.text), self.length
         for name in SHARES:
             lo, hi = corpus.bounds(name)
             if hi - lo < length:
                 raise _too_short(corpus.path, name, f"{hi - lo:,} characters", length,
                                  f"the text needs at least about {20 * length:,} characters (it has {n:,})")
-        lo, hi = corpus.bounds("train")
-        alphabet = set(corpus.text[lo:hi])
-        for name in ("valid", "test"):
-            lo, hi = corpus.bounds(name)
-            part = corpus.text[lo:hi]
-            missing = set(part) - alphabet
-            if missing:
-                pos = lo + min(part.find(c) for c in missing)
-                raise DataError(f"{corpus.where(pos)}: character {describe(corpus.text[pos])} of the {name} split never "
-                                f"occurs in the training split (the first 90% of the text), so no token stands for it; "
-                                "remove or replace it")
 
     def state(self) -> dict[str, str]:
         return self.tokenizer.state()
