@@ -307,3 +307,16 @@ def test_a_character_only_the_test_split_holds_is_a_token_not_a_refusal(tmp_path
     assert {"\u00e9", "_"} <= task.tokenizer.alphabet
     assert "\u00e9" in task.split_text("test") and "\u00e9" not in task.split_text("train")
     assert task.encode_prompt("\u00e9").numel() >= 1
+
+
+def test_the_shipped_corpus_is_found_by_name_and_by_its_old_path_and_checked(monkeypatch):
+    import vmd.corpora as corpora
+    from vmd.tasks.text import resolve_file
+
+    path = resolve_file("tinyshakespeare")
+    assert path.name == "tinyshakespeare.txt" and path.parent.name == "corpora"
+    assert resolve_file("../shared/data/nowhere/tinyshakespeare.txt") == path  # as configs before it shipped
+    monkeypatch.setattr(corpora, "_CHECKED", set())
+    monkeypatch.setitem(corpora.BUNDLED, "tinyshakespeare", ("tinyshakespeare.txt", "0" * 64))
+    with pytest.raises(DataError, match="bundled corpus tinyshakespeare .* is damaged"):
+        resolve_file("tinyshakespeare")

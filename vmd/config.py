@@ -41,10 +41,10 @@ class TaskConfig:
     # characters) or your own UTF-8 text (file: a text file, or a folder whose files are read in
     # name order; split by characters 90% / 5% / 5% into train / valid / test), cut into
     # sequences of `length` tokens. A relative file not found from the working directory is also
-    # looked up beside the vmd checkout (so ../shared/data/... works from a clone). tokenizer:
-    # char (one token per character; text8's 27 characters, or the training split's characters)
-    # or sentencepiece (a BPE model of `vocab_size` pieces trained on the training split; own
-    # text only). The vocabulary or tokenizer is stored with the run, which then loads without
+    # looked up beside the vmd checkout; `tinyshakespeare` names the corpus that ships with vmd.
+    # tokenizer: char (one token per character; text8's 27 characters, or every character of
+    # your text) or sentencepiece (a BPE model of `vocab_size` pieces trained on the training
+    # split; own text only). The vocabulary or tokenizer is stored with the run, which then loads without
     # the corpus.
     length: int = 256
     tokenizer: Literal["char", "sentencepiece"] = "char"

@@ -37,6 +37,7 @@ import torch
 import vmd
 from vmd.config import TaskConfig
 from vmd.errors import DataError, shown
+from vmd.corpora import bundled_corpus
 from vmd.tasks import text8
 from vmd.tasks.tokenizers import CharTokenizer, PieceTokenizer, UnknownChar, describe, from_state
 
@@ -47,7 +48,8 @@ ZIP_MAGIC = b"PK\x03\x04"
 
 def resolve_file(value: str) -> Path:
     """``task.file`` as given (relative to the working directory), else, if relative, beside the
-    checkout that holds the ``vmd`` package (so a preset's ``../shared/data/...`` works from a clone)."""
+    checkout that holds the ``vmd`` package, else a corpus that ships with it (``vmd.corpora``:
+    ``tinyshakespeare``, also under the file name older configs gave it)."""
     given = Path(value).expanduser()
     tried = [given]
     if not given.is_absolute():
@@ -55,6 +57,9 @@ def resolve_file(value: str) -> Path:
     for path in tried:
         if path.exists():
             return path
+    shipped = bundled_corpus(value)
+    if shipped is not None:
+        return shipped
     places = " and ".join(os.path.normpath(p.absolute())[:200] for p in tried)
     raise DataError(f"task.file {shown(value)} not found (looked at {places}); give a text file or folder with "
                     "--set task.file=PATH")
