@@ -63,3 +63,19 @@ def test_resume_and_bad_text_input(tmp_path):
     assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()  # a failed start leaves nothing
     r = vmd("train", "--resume", tmp_path)  # not a run: one line, and no lock file left in it
     assert r.returncode == 2 and not (tmp_path / ".lock").exists(), r.stderr
+
+
+def test_eval_reads_a_moved_corpus_from_data_and_the_hint_names_that_option(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(CORPUS)
+    run = tmp_path / "run"
+    r = vmd("train", "--preset", "shakespeare-bd3-block4", "--set", f"task.file={corpus}", "--set", "train.steps=2",
+            *TINY, "--out", run)
+    assert r.returncode == 0, r.stderr
+    moved = tmp_path / "elsewhere.txt"
+    corpus.rename(moved)
+    r = vmd("eval", run, "--max-sequences", "2", "--draws", "1")
+    assert r.returncode == 2 and "not found" in r.stderr and "vmd eval --data PATH" in r.stderr, r.stderr
+    r = vmd("eval", run, "--data", moved, "--max-sequences", "2", "--draws", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["sequences"] == 2

@@ -229,7 +229,8 @@ def eval_cmd(
                                       "as NFE = length."),
     strategy: Optional[str] = typer.Option(None, help="Which positions to reveal: random, top-prob, top-margin "
                                            "\\[Sudoku: a list, default all three]."),
-    data: Optional[str] = typer.Option(None, help="Sudoku: a puzzle file to score on \\[default: a generated test set]."),
+    data: Optional[str] = typer.Option(None, help="Sudoku: a puzzle file to score on \\[default: a generated test set]. "
+                                       "Text: the run's corpus (a file or folder), where it has moved since training."),
     givens: str = typer.Option("30-36", help="Sudoku: the givens range LO-HI of the generated test set."),
     restarts: int = typer.Option(0, help="Sudoku: retry failed puzzles up to K times, with fresh z draws and a perturbed fill order."),
     temperature: Optional[float] = typer.Option(None, help="Sampling temperature; 0 is argmax."),
@@ -260,13 +261,20 @@ def eval_cmd(
         C.from_dict({"device": {"device": device}})
     model, cfg, step, dev, task = load_any(run_dir, device, with_task=True)
     text = hasattr(task, "eval_sequences")
-    inapplicable = {"--nfe": nfe, "--data": data, "--givens": None if givens == "30-36" else givens,
+    inapplicable = {"--nfe": nfe, "--givens": None if givens == "30-36" else givens,
                     "--restarts": restarts or None} if text else {"--bound-steps": bound_steps,
                     "--steps-per-block": steps_per_block, "--judge": judge, "--max-sequences": max_sequences,
                     "--split": None if split == "test" else split}
     given = [k for k, v in inapplicable.items() if v is not None]
     if given:
         fail(f"{', '.join(given)} {'do' if len(given) > 1 else 'does'} not apply to {task_label(cfg)} models")
+    if text and data is not None:  # the corpus has moved: the same vocabulary, read from there
+        import dataclasses
+
+        from vmd.tasks import make_task
+
+        cfg = dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, file=data))
+        task = make_task(cfg.task, task.state())
     if text and bound_steps is not None and (samples is not None or steps_per_block is not None):
         fail("--bound-steps scores the test split; --samples and --steps-per-block score samples: give one or the other")
     if text and (samples is not None or steps_per_block is not None):

@@ -61,8 +61,8 @@ def resolve_file(value: str) -> Path:
     if shipped is not None:
         return shipped
     places = " and ".join(os.path.normpath(p.absolute())[:200] for p in tried)
-    raise DataError(f"task.file {shown(value)} not found (looked at {places}); give a text file or folder with "
-                    "--set task.file=PATH")
+    raise DataError(f"task.file {shown(value)} not found (looked at {places}); give the text file or folder: "
+                    "vmd train --set task.file=PATH, vmd eval --data PATH")
 
 
 @dataclass
