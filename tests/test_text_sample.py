@@ -99,3 +99,14 @@ def test_eval_samples_without_the_corpus_scores_what_it_can(run, judge, tmp_path
     assert r.returncode == 0, r.stderr
     (row,) = json.loads(r.stdout)["rows"]
     assert row["gen_ppl"] > 1 and "word_validity" not in row and "no word validity" in r.stderr
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_reader_that_goes_away_ends_the_command_quietly_with_exit_0(fmt):
+    import shlex
+    import subprocess
+    import sys
+
+    cmd = f"{shlex.quote(sys.executable)} -m vmd_cli sample shakespeare-bd3-block4 -n 100 -k 1 --format {fmt} | head -c 5"
+    r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True)
+    assert r.returncode == 0 and len(r.stdout) == 5 and r.stderr == "", r.stderr

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -32,7 +34,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-out = Console()
+class _Out(Console):
+    def on_broken_pipe(self) -> None:
+        """The reader went away (`vmd sample ... | head`): done, quietly, exit 0 (rich's own exits 1)."""
+        self.quiet = True
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(0)
+
+
+out = _Out()
 err = Console(stderr=True, quiet=env_rank() != 0)  # under torchrun, rank 0 alone reports
 
 
@@ -68,8 +79,10 @@ def friendly(fn):
             err.print("terminated" if term else "interrupted")
             raise typer.Exit(143 if term else 130)
         except OSError as e:
-            if e.errno == errno.EPIPE:  # the reader went away (`vmd sample ... | head`): nothing left to say
-                raise typer.Exit(1)
+            if e.errno == errno.EPIPE:  # the reader went away (`vmd sample ... | head`): done, quietly
+                with contextlib.suppress(OSError):  # no flush of what is left at exit, no 'Exception ignored'
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                raise typer.Exit(0)
             where = f"{e.filename}: " if e.filename else ""
             fail(f"{where}{e.strerror or e}")
 
