@@ -46,3 +46,32 @@ def test_vmd_train_shows_what_data_it_makes(tmp_path, monkeypatch):
                                  "--set", "model.layers=1", "--set", "device.device=cpu"])
     assert r.exit_code == 0, r.output
     assert "generating 40 Sudoku puzzles" in r.stderr and str(tmp_path / "cache" / "sudoku") in r.stderr
+
+
+def test_training_progress_is_a_bar_moving_every_step_on_a_terminal_and_full_lines_in_a_log():
+    import io
+
+    from rich.console import Console
+
+    from vmd.train import Progress as Event
+    from vmd_cli.progress import TrainProgress
+
+    metrics = {"loss": 300.0, "recon": 290.0, "latent_kl": 0.5, "nelbo": 310.0, "bits_per_token": 3.5}
+    ev = Event(step=50, total=1800, metrics=metrics, lr=1e-3, beta=0.9, steps_per_s=1.2, elapsed_s=41.0,
+               valid={"valid_bpt": 3.61}, tokens_per_s=4900.0, matmul_share=0.44)
+    log = io.StringIO()
+    with TrainProgress(Console(file=log, width=80), 0, 1800, latent=True) as p:  # not a terminal
+        p.step(1)  # no bar: nothing
+        p.update(ev)
+    line = log.getvalue().strip()
+    assert "\n" not in line and len(line) > 80  # one line, not cut to the terminal's width
+    for part in ("step 50/1800", "bpt 3.500", "loss 3.387", "kl 0.500", "valid 3.610", "4.9k tok/s", "44% matmul",
+                 "elapsed 0:00:41", "left "):
+        assert part in line, (part, line)
+    term = io.StringIO()
+    with TrainProgress(Console(file=term, width=120, force_terminal=True), 0, 1800) as p:
+        for step in range(1, 4):
+            p.step(step)
+        assert p.bar.tasks[0].completed == 3  # moved every step, before any log line
+        p.update(ev)
+        assert p.bar.tasks[0].completed == 50 and "kl" not in p.bar.tasks[0].fields["metrics"]  # no latent: no kl

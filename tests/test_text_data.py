@@ -320,3 +320,20 @@ def test_the_shipped_corpus_is_found_by_name_and_by_its_old_path_and_checked(mon
     monkeypatch.setitem(corpora.BUNDLED, "tinyshakespeare", ("tinyshakespeare.txt", "0" * 64))
     with pytest.raises(DataError, match="bundled corpus tinyshakespeare .* is damaged"):
         resolve_file("tinyshakespeare")
+
+
+def test_a_failed_text8_start_leaves_no_run_directory(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from vmd_cli.main import app
+
+    monkeypatch.setenv("VMD_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(T8, "URL", closed_port_url())  # offline
+    run = tmp_path / "runs" / "text8"
+    args = ["train", "--preset", "text8-bd3-block4", "--set", "model.dim=16", "--set", "model.layers=1",
+            "--set", "model.heads=2", "--set", "device.device=cpu", "--set", "device.precision=fp32",
+            "--set", "train.steps=1000000000", "--out", str(run)]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2 and "text8" in r.output, r.output
+    assert "note: on this CPU a step takes at least" in r.output and "sized for a GPU" in r.output
+    assert not run.exists() and (tmp_path / "runs").exists()  # the run's own folder only: its parent stays

@@ -85,6 +85,7 @@ def create(cls, cfg: Config, run_dir: Path, callback=None):
     try:
         lock = world.on_main(open_new)
         trainer = cls(cfg, run_dir, callback, lock=lock)
+        trainer.made_dir = made
         if cfg.train.init_from:
             trainer.start_from(cfg.train.init_from)
     except BaseException:
@@ -94,6 +95,15 @@ def create(cls, cfg: Config, run_dir: Path, callback=None):
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     return trainer
+
+
+def discard_unsaved(trainer) -> None:
+    """After a failure, remove a new run's directory that this start made and no checkpoint was
+    written into (a data download that failed, a corpus that could not be read): no litter, and the
+    next try may use the same --out. Rank 0 alone."""
+    if getattr(trainer, "made_dir", False) and trainer.saved_step is None and trainer.world.main:
+        if not checkpoint.has_checkpoint(trainer.run_dir):
+            shutil.rmtree(trainer.run_dir, ignore_errors=True)
 
 
 def resume(cls, run_dir: Path, overrides: Callable[[Config], Config] | None = None, callback=None):

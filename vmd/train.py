@@ -78,6 +78,8 @@ class Trainer:
     task_state: dict | None = None  # a resumed run's stored task state (vmd.tasks.make_task)
     profile_steps: int = 0  # > 0: a torch profiler trace of that many steps in RUN/profile (vmd.devices)
     profile_trace: Path | None = None  # the trace's file, once profiling has started
+    made_dir: bool = False  # a new run whose directory this start made (vmd.runs.discard_unsaved)
+    on_step: Callable[[int], None] | None = None  # after every step, its number (a progress bar; no metrics)
 
     def __post_init__(self):
         cfg = self.cfg
@@ -233,6 +235,12 @@ class Trainer:
         finally:
             self.model.train()
 
+    def expected_step_seconds(self) -> float:
+        """A training step's time if the model ran at the device's plain matmul rate: a lower bound
+        (runs reach 40-50% of it on a CPU, docs/results-text.md), known before the first step."""
+        return self._flops * self.cfg.train.batch_size / self.world.size / matmul_rate(self.device,
+                                                                                       self.cfg.device.precision)
+
     def throughput(self, steps_per_s: float) -> tuple[float, float]:
         """Training tokens/s of all processes, and the model's FLOP/s per device as a share of the
         device's plain matmul rate in the run's precision (measured once per process)."""
@@ -302,6 +310,8 @@ class Trainer:
         t0 = time.perf_counter()
         terms = self.train_step()
         prof.step()
+        if self.on_step is not None:
+            self.on_step(self.step)
         self._window = terms if self._window is None else self._window + terms
         self._window_steps += 1
         log = self.step % tc.log_every == 0 or self.step == tc.steps

@@ -131,6 +131,7 @@ def train(
     SIGTERM finishes the step, saves and exits (130 / 143); --resume continues bitwise. The
     progress line shows tokens/s and the model's FLOP/s as a share of a plain matmul on the
     device, also written to RUN/metrics.jsonl."""
+    from vmd import runs
     from vmd.train import Trainer
 
     try:
@@ -146,6 +147,10 @@ def train(
         trainer.profile_steps = profile
         try:  # the run directory is locked from here: released on every way out
             _train(trainer, resume)
+        except BaseException:
+            trainer.close()
+            runs.discard_unsaved(trainer)  # a new run that failed before its first checkpoint leaves nothing
+            raise
         finally:
             trainer.close()
     finally:
@@ -160,12 +165,20 @@ def _train(trainer, resume: Optional[Path]) -> None:
     if trainer.step >= trainer.cfg.train.steps:
         fail(f"{resume} is complete at step {trainer.step}; raise train.steps with --set to train on")
     procs = f" x {trainer.world.size} processes" if trainer.world.distributed else ""
-    err.print(f"run [bold]{run_dir}[/]: {trainer.cfg.method} on {task_label(trainer.cfg)}, "
+    err.print(f"run [bold]{run_dir}[/]: {model_label(trainer.cfg, trainer.model)} on {task_label(trainer.cfg)}, "
               f"{trainer.parameters:,} parameters, {trainer.device}{procs}", soft_wrap=True)
+    if trainer.device.type == "cpu":  # a preset sized for a GPU: say what it means here before any work
+        least = trainer.expected_step_seconds()
+        total = least * (trainer.cfg.train.steps - trainer.step)
+        if total > 24 * 3600:
+            err.print(f"note: on this CPU a step takes at least {least:.1f} s (at its plain matmul rate; expect 2-3x "
+                      f"that), {total / 86400:,.0f}+ days for {trainer.cfg.train.steps - trainer.step:,} steps: this "
+                      "config is sized for a GPU (device.device=cuda); Ctrl-C stops it", highlight=False, soft_wrap=True)
     with trainer.world.first_on_each_node(), DataProgress(err) as data_progress:  # one process fills a data cache
         trainer.task.prepare(data_progress.update)
-    with TrainProgress(err, trainer.step, trainer.cfg.train.steps) as progress:
+    with TrainProgress(err, trainer.step, trainer.cfg.train.steps, trainer.model.has_latent) as progress:
         trainer.callback = progress.update if trainer.world.main else None
+        trainer.on_step = progress.step if trainer.world.main else None
         try:
             trainer.run()
         except TrainingInterrupted as e:

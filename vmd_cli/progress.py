@@ -19,35 +19,76 @@ def _si(x: float) -> str:
     return f"{x:.0f}"
 
 
+def _clock(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+def metric_fields(ev: TrainEvent, latent: bool) -> list[str]:
+    """What a log line shows: the bound in bits per token (and the loss, where it differs from the
+    bound: a KL weight warming up, free bits), the latent's KL (models with one), validation."""
+    m = ev.metrics
+    out = [f"bpt {m['bits_per_token']:.3f}"]
+    if m["nelbo"] and abs(m["loss"] - m["nelbo"]) > 1e-6 * abs(m["nelbo"]):
+        out.append(f"loss {m['bits_per_token'] * m['loss'] / m['nelbo']:.3f}")
+    if latent:
+        out.append(f"kl {m['latent_kl']:.3f}")
+    if "valid_bpt" in ev.valid:
+        out.append(f"valid {ev.valid['valid_bpt']:.3f}")
+    return out
+
+
 class TrainProgress:
-    def __init__(self, console: Console, start: int, total: int):
+    """Training progress on ``console``. A terminal gets a bar that moves every step (``step``), its
+    time left estimated from the first steps, with the last logged metrics; anything else (a log file,
+    a job's output) gets one full plain line per logged window (``update``): step/total, the metrics,
+    tokens/s, matmul share, elapsed and time left, never cut to the width of a terminal."""
+
+    def __init__(self, console: Console, start: int, total: int, latent: bool = False):
+        self.console, self.latent, self.live = console, latent, console.is_terminal
+        self.start, self.t0 = start, None
         self.bar = Progress(
-            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}  kl {task.fields[kl]}  bpt {task.fields[bpt]}{task.fields[valid]}"),
-            TextColumn("{task.fields[rate]} it/s{task.fields[speed]}"), TimeRemainingColumn(),
-            console=console, transient=False,
-        )
-        zero = {"loss": "-", "kl": "-", "bpt": "-", "rate": "-", "valid": "", "speed": ""}
-        self.task = self.bar.add_task("train", total=total, completed=start, **zero)
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[metrics]}"),
+            TimeRemainingColumn(), console=console, transient=False,
+        ) if self.live else None
+        if self.bar is not None:
+            self.task = self.bar.add_task("train", total=total, completed=start, metrics="")
 
     def __enter__(self):
-        self.bar.__enter__()
+        import time
+
+        self.t0 = time.perf_counter()
+        if self.bar is not None:
+            self.bar.__enter__()
         return self
 
     def __exit__(self, *exc):
-        return self.bar.__exit__(*exc)
+        if self.bar is not None:
+            return self.bar.__exit__(*exc)
+        return None
 
     def stop(self):
-        self.bar.stop()
+        if self.bar is not None:
+            self.bar.stop()
+
+    def step(self, step: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step)
 
     def update(self, ev: TrainEvent) -> None:
-        m = ev.metrics
-        fields = {"loss": f"{m['loss']:.3f}", "kl": f"{m['latent_kl']:.3f}", "bpt": f"{m['bits_per_token']:.3f}",
-                  "rate": f"{ev.steps_per_s:.1f}", "speed": f"  {_si(ev.tokens_per_s)} tok/s  "
-                                                                     f"{100 * ev.matmul_share:.0f}% matmul"}
-        if "valid_bpt" in ev.valid:  # kept until the next validation
-            fields["valid"] = f"  valid {ev.valid['valid_bpt']:.3f}"
-        self.bar.update(self.task, completed=ev.step, total=ev.total, **fields)
+        fields = metric_fields(ev, self.latent)
+        speed = f"{ev.steps_per_s:.2f} it/s  {_si(ev.tokens_per_s)} tok/s  {100 * ev.matmul_share:.0f}% matmul"
+        if self.bar is not None:
+            self.bar.update(self.task, completed=ev.step, total=ev.total, metrics="  ".join(fields + [speed]))
+            return
+        import time
+
+        wall = time.perf_counter() - self.t0
+        done = ev.step - self.start
+        left = wall / done * (ev.total - ev.step) if done > 0 else float("nan")
+        self.console.print(f"step {ev.step}/{ev.total}  " + "  ".join(fields) + f"  {speed}  elapsed {_clock(ev.elapsed_s)}"
+                           f"  left {_clock(left) if left == left else '-'}", highlight=False, soft_wrap=True)
 
 
 class DataProgress:
