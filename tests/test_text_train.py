@@ -79,3 +79,16 @@ def test_eval_reads_a_moved_corpus_from_data_and_the_hint_names_that_option(tmp_
     r = vmd("eval", run, "--data", moved, "--max-sequences", "2", "--draws", "1", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["sequences"] == 2
+
+
+def test_meta_json_lists_the_task_s_own_keys_only(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(CORPUS)
+    run = tmp_path / "run"
+    r = vmd("train", "--preset", "shakespeare-bd3-block4", "--set", f"task.file={corpus}", "--set", "train.steps=2",
+            *TINY, "--out", run)
+    assert r.returncode == 0, r.stderr
+    assert "BD3 block 4 on text" in r.stderr  # named as papers name it
+    task = json.loads((run / "meta.json").read_text())["task"]
+    assert set(task) == {"name", "file", "length", "tokenizer", "vocab_size"}  # no Sudoku or synthetic keys
+    assert vmd("eval", run, "--max-sequences", "2", "--draws", "1").returncode == 0  # and the run still loads

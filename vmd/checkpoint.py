@@ -100,7 +100,7 @@ def save(run_dir: Path, cfg: C.Config, step: int, model_state: dict, ema_state: 
     weights = ema_state if ema_state is not None else model_state
     _write(run_dir / MODEL_FILE, st_save(_tensors("", weights), metadata=ident))
     _write(run_dir / CONFIG_FILE, cfg_yaml.encode())
-    full = {"step": step, "method": cfg.method, "task": C.to_dict(cfg.task), "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    full = {"step": step, "method": cfg.method, "task": C.task_keys(cfg.task), "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "versions": versions(), **meta, "run_id": run_id}
     _write(run_dir / META_FILE, json.dumps(full, indent=2).encode())
 
@@ -119,7 +119,10 @@ def _same_run(newer: tuple, older: tuple) -> None:
     if new_id and run_id and new_id != run_id:
         problem = f"their run ids differ ({run_id} and {new_id})"
     elif not (new_id and run_id):
-        differ = [k for k in arch if k in new_arch and arch[k] != new_arch[k]]
+        def same(a, b) -> bool:  # meta.json's task lists the task's own keys only
+            return all(b.get(k) == v for k, v in a.items()) if isinstance(a, dict) and isinstance(b, dict) else a == b
+
+        differ = [k for k in arch if k in new_arch and not same(arch[k], new_arch[k])]
         problem = f"their configs differ in {differ[0]}" if differ else None
     if problem is None and step is not None and step > new_step:
         problem = f"it is at step {step}, {new_path.name} at step {new_step}"

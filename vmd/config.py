@@ -262,6 +262,17 @@ def from_dict(data: dict) -> Config:
     return cfg
 
 
+# the keys of ``task`` that each task reads (the others keep their defaults and mean nothing to it)
+TASK_KEYS = {"synthetic": ("name", "kind", "p", "vocab"),
+             "sudoku": ("name", "source", "file", "grids", "min_givens", "max_givens", "augment"),
+             "text": ("name", "file", "length", "tokenizer", "vocab_size")}
+
+
+def task_keys(task: TaskConfig) -> dict:
+    """The task's own settings, as ``meta.json`` lists them."""
+    return {k: getattr(task, k) for k in TASK_KEYS[task.name]}
+
+
 def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
