@@ -78,6 +78,7 @@ def test_bad_few_step_settings_are_one_line(corpus, tmp_path, sets, words):
     (["--bound-steps", "3"], "must divide the block size (4)"),
     (["--bound-steps", "0"], "between 1 and the block size (4)"),
     (["--bound-steps", "1", "--samples", "4"], "give one or the other"),
+    (["--temperature", "0.5"], "--temperature set how samples are drawn"),
 ])
 def test_bad_bound_steps_are_one_line(run, args, words):
     r = vmd("eval", run, *args)

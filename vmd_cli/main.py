@@ -294,6 +294,12 @@ def eval_cmd(
     given = [k for k, v in inapplicable.items() if v is not None]
     if given:
         fail(f"{', '.join(given)} {'do' if len(given) > 1 else 'does'} not apply to {task_label(cfg)} models")
+    if text and samples is None and steps_per_block is None:  # the bound: no sampler involved
+        drawn = [k for k, v in {"--temperature": temperature, "--strategy": strategy, "--z-policy": z_policy}.items()
+                 if v is not None]
+        if drawn:
+            fail(f"{', '.join(drawn)} set how samples are drawn: {'they apply' if len(drawn) > 1 else 'it applies'} "
+                 "with --samples or --steps-per-block, not to the test split's bound")
     if text and data is not None:  # the corpus has moved: the same vocabulary, read from there
         import dataclasses
 
