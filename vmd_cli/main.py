@@ -419,6 +419,7 @@ def sample(
 
 
 import vmd_cli.play  # noqa: E402,F401  (registers vmd play)
+import vmd_cli.plot  # noqa: E402,F401  (registers vmd plot)
 import vmd_cli.sudoku  # noqa: E402,F401  (registers vmd solve)
 
 
