@@ -70,7 +70,7 @@ def test_starts_at_80x24_with_both_panels_and_the_prompt(runs):
         assert type(app.screen).__name__ == "HelpScreen" and "steps per block" in help_text
         return titles
 
-    assert drive(runs, script, prompt="All:\nSpeak") == ["BD3 block 4 bd3", "block VMD block 4 vmd · z draw 1"]
+    assert drive(runs, script, prompt="All:\nSpeak") == ["BD3 block 4 bd3", "block VMD block 4 vmd"]
 
 
 def test_stepping_reveals_characters_and_highlights_this_steps_only(runs):
@@ -120,7 +120,7 @@ def test_z_redraws_the_vmd_from_the_current_block_on_deterministically(runs, rig
         old, new = vmd_before[-1].ids, vmd_after[-1].ids
         assert old[:lo].equal(new[:lo]) and not old[lo:].equal(new[lo:])  # the blocks before stay
         assert all(a.ids.equal(b.ids) for a, b in zip(vmd_before, vmd_after) if a.block < block)
-        assert "z draw 2" in str(screen.query_one("#title-vmd").render())
+        assert "z draw 2" in str(screen.query_one("#status-vmd").render())
         return new.tolist()
 
     first = drive(runs, script, seed=3, right=right, steps_per_block=2)
@@ -202,3 +202,17 @@ def test_a_text_longer_than_its_panel_keeps_the_newest_lines_in_view(runs):
         assert panel.max_scroll_y > 0
 
     drive(runs, script, size=(80, 14), length=160, steps_per_block=1)  # a short terminal: it overflows soon
+
+
+def test_at_80x24_each_title_is_one_line_the_keys_show_once_and_a_screenful_of_text_by_default(runs):
+    async def script(app, pilot):
+        screen = app.screen
+        for key in ("bd3", "vmd"):
+            title, panel = screen.query_one(f"#title-{key}"), screen.query_one(f"#panel-{key}")
+            assert title.region.height == 1 and panel.region.y == title.region.bottom  # no wrap pushes a pane down
+        assert screen.query_one("#panel-bd3").region.y == screen.query_one("#panel-vmd").region.y
+        assert not screen.query("#keys")  # the footer lists the keys; nothing repeats them
+        assert screen.settings.length == 512  # rotary models: a screenful, past their 32 trained characters
+        return True
+
+    assert drive(runs, script, right="mix")  # the longest title: block VMD block 4 (32-class mixture)

@@ -17,10 +17,11 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input, Label, Static
 
 from vmd.errors import DataError
-from vmd_cli.play.playback import SPEED_BINDINGS, STEP_BINDINGS, Playback, key_hint
+from vmd_cli.play.playback import SPEED_BINDINGS, STEP_BINDINGS, Playback
 from vmd_cli.textgen import DEFAULT_TEXT_MODEL
 
 DEFAULT_BD3 = "shakespeare-bd3-block4"
+SCREENFUL = 512  # characters shown by default: about a side's panel at 80x24 to 120x40
 DEFAULT_VMD = DEFAULT_TEXT_MODEL
 HIGHLIGHT = "bold black on yellow"  # the characters revealed in the step shown
 NEWLINE = "↵"  # a newline shows as this mark, then breaks the line
@@ -35,8 +36,6 @@ KEYS = (
     ("e", "edit the prompt (\\n is a newline; enter runs both again, escape leaves it)"),
     ("?", "this help"), ("q", "quit"),
 )
-KEYS_SHORT = (("space", "step"), ("p", "play"), ("r", "reset"), ("z", "new z"), ("] [", "steps/block"),
-              ("+ -", "speed"), ("e", "prompt"), ("?", "help"), ("q", "quit"))
 
 
 @dataclass
@@ -138,7 +137,9 @@ def build_text_app(bd3: Optional[str] = None, vmd: Optional[str] = None, prompt:
     if left[2].state() != right[2].state():
         fail(f"{left[3]} and {right[3]} have different vocabularies: give two models trained on the same corpus")
     sc = right[1].sample
-    length = min(left[0].length, right[0].length) if length is None else length
+    if length is None:  # a screenful where both models slide past their length (rotary), else their length
+        slide = left[0].cache_window is not None and right[0].cache_window is not None
+        length = SCREENFUL if slide else min(left[0].length, right[0].length)
     steps = min(sc.nfe, left[0].block_size, right[0].block_size) if steps_per_block is None else steps_per_block
     ids = right[2].encode_prompt(prompt)
     for model, *_ in (left, right):
@@ -170,7 +171,7 @@ class TextScreen(Playback, Screen):
     #error { height: auto; padding: 0 1; color: $error; display: none; }
     #sides { height: 1fr; }
     .side { width: 1fr; height: 1fr; }
-    .title { width: 100%; text-style: bold; content-align: center middle; }
+    .title { width: 100%; height: 1; text-style: bold; content-align: center middle; text-overflow: ellipsis; }
     .panel { height: 1fr; border: round $primary; padding: 0 1; }
     .status { height: 1; padding: 0 1; }
     #info { height: auto; padding: 0 1; color: $text-muted; }
@@ -199,8 +200,7 @@ class TextScreen(Playback, Screen):
                         yield Static("", id=f"text-{key}")
                     yield Static("", classes="status", id=f"status-{key}")
         yield Static("", id="info")
-        yield Static(key_hint(KEYS_SHORT), id="keys")
-        yield Footer(compact=True)
+        yield Footer(compact=True)  # the keys, once
 
     def on_mount(self) -> None:
         self.recompute()
@@ -259,8 +259,7 @@ class TextScreen(Playback, Screen):
     def refresh_view(self) -> None:
         s = self.settings
         for key, side in self.sides.items():
-            title = side.name if key == "bd3" else f"{side.name} · z draw {side.draws + 1}"
-            self.query_one(f"#title-{key}", Label).update(title)
+            self.query_one(f"#title-{key}", Label).update(side.name)
             status = self.query_one(f"#status-{key}", Static)
             if side.frames is None:
                 self.query_one(f"#text-{key}", Static).update(Text("working...", style="dim"))
@@ -271,7 +270,8 @@ class TextScreen(Playback, Screen):
             self.query_one(f"#panel-{key}", VerticalScroll).scroll_end(animate=False)  # after the layout
             blocks = len(frame.ids) // side.model.block_size
             done = " · done" if self.pos >= len(side.frames) - 1 else ""
-            status.update(f"block {frame.block + 1}/{blocks} · step {frame.index}/{frame.steps}{done}")
+            draw = f" · z draw {side.draws + 1}" if key == "vmd" else ""
+            status.update(f"block {frame.block + 1}/{blocks} · step {frame.index}/{frame.steps}{draw}{done}")
         self.query_one("#info", Static).update(
             f"{s.steps}/{self.block_size} steps per block · {s.length} tokens · {s.strategy} · seed {s.seed} · "
             f"{self.play_state()}")
