@@ -98,6 +98,14 @@ def default_out(name: str) -> Path:
     return path
 
 
+def check_z_policy(cfg: C.Config, model, z_policy: Optional[str]) -> None:
+    """--z-policy chooses when a VMD's z is drawn: refused, like any option that does not apply, for a
+    model without one (BD3, MDM) or a mixture, whose class is drawn at every step by definition."""
+    if z_policy is not None and not model.has_latent:
+        what = "draws its class at every step" if model.mixture else "has no latent z"
+        fail(f"--z-policy applies to a VMD's latent z; {model_label(cfg, model)} {what}")
+
+
 def _sample_config(cfg: C.Config, **options) -> C.SampleConfig:
     """The run's sampling settings with the command-line options on top, validated like a preset."""
     sets = [f"sample.{k}={v}" for k, v in options.items() if v is not None]
@@ -286,6 +294,7 @@ def eval_cmd(
     if device is not None:
         C.from_dict({"device": {"device": device}})
     model, cfg, step, dev, task = load_any(run_dir, device, with_task=True)
+    check_z_policy(cfg, model, z_policy)
     text = hasattr(task, "eval_sequences")
     inapplicable = {"--nfe": nfe, "--givens": None if givens == "30-36" else givens,
                     "--restarts": restarts or None} if text else {"--bound-steps": bound_steps,
@@ -391,6 +400,7 @@ def sample(
         fail(f"--format must be text or json, got {fmt!r}")
     source = run_dir or DEFAULT_TEXT_MODEL
     model, cfg, _, dev, task = load_any(source, device, with_task=True)
+    check_z_policy(cfg, model, z_policy)
     if hasattr(task, "encode_prompt"):  # text
         from vmd_cli.textgen import read_prompt, sample_text
 
