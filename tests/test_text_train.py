@@ -96,14 +96,16 @@ def test_meta_json_lists_the_task_s_own_keys_only(tmp_path):
 
 @pytest.mark.parametrize("tokenizer", ["char", "sentencepiece"])
 def test_a_folder_of_real_documents_trains_evaluates_and_samples_unedited(tmp_path, tokenizer):
-    """This project's own docs as the corpus: markdown with tables, symbols and code, whose rarest
-    characters land anywhere in the splits; nothing is edited, nothing is downloaded."""
+    """The system's license texts (Debian's /usr/share/common-licenses: '_', '*' and '=' occur only in
+    their last 10%, which once refused them), else this project's docs; nothing edited or downloaded."""
     import shutil
     from pathlib import Path
 
+    licenses = Path("/usr/share/common-licenses")
+    source = licenses if licenses.is_dir() else Path(__file__).resolve().parents[1] / "docs"
     docs = tmp_path / "docs"
     docs.mkdir()
-    for f in sorted((Path(__file__).resolve().parents[1] / "docs").glob("*.md")):
+    for f in sorted(p for p in source.iterdir() if p.is_file()):
         shutil.copy(f, docs / f.name)
     run = tmp_path / "run"
     pieces = ["--set", "task.tokenizer=sentencepiece", "--set", "task.vocab_size=300"] if tokenizer != "char" else []
