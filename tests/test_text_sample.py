@@ -110,3 +110,17 @@ def test_a_reader_that_goes_away_ends_the_command_quietly_with_exit_0(fmt):
     cmd = f"{shlex.quote(sys.executable)} -m vmd_cli sample shakespeare-bd3-block4 -n 100 -k 1 --format {fmt} | head -c 5"
     r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True)
     assert r.returncode == 0 and len(r.stdout) == 5 and r.stderr == "", r.stderr
+
+
+def test_eval_samples_of_a_run_with_its_own_vocabulary_go_on_without_the_default_judge(run):
+    r = vmd("eval", run, "--samples", "4", "--steps-per-block", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    assert "no gen-PPL: the bundled judge shakespeare-ar reads another vocabulary" in " ".join(r.stderr.split())
+    rows = json.loads(r.stdout)["rows"]
+    assert rows and all("gen_ppl" not in row and "unigram_entropy_bits" in row for row in rows)
+    for args, words in [(["--samples", "0"], "--samples must be >= 1"), (["--samples", "-2"], "--samples must be >= 1"),
+                        (["--seed", "-1", "--samples", "2"], "--seed must be >= 0")]:
+        bad = vmd("eval", run, *args)
+        assert bad.returncode == 2 and words in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+    s = vmd("sample", run, "--seed", "-1")
+    assert s.returncode == 2 and "sample.seed: -1 is out of range" in s.stderr

@@ -37,6 +37,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "train.eval_sequences": _POSITIVE,
     "sample.nfe": (lambda v: v >= 1, "an integer >= 1"), "sample.temperature": _NON_NEGATIVE,
     "sample.num_samples": _POSITIVE, "sample.batch_size": _POSITIVE,
+    "sample.seed": (lambda v: v >= 0, "an integer >= 0"), "train.seed": (lambda v: v >= 0, "an integer >= 0"),
 }
 
 

@@ -156,11 +156,11 @@ def judge_nll(judge, samples: torch.Tensor, batch_size: int = 64, device="cpu") 
 def sample_quality(samples: torch.Tensor, task, judge, batch_size: int = 64, device="cpu",
                    words: bool = True) -> dict[str, float]:
     """What text samples are worth, cheaply: their perplexity under an autoregressive ``judge``
-    (``gen_ppl``), the share of their words found in the training split (``word_validity``, the
+    (``gen_ppl``; left out with no judge), the share of their words found in the training split (``word_validity``, the
     task's; it reads the corpus, left out with ``words=False``), and the entropy of their token
     frequencies (``unigram_entropy_bits``), which a sampler that repeats a few safe words cannot
     keep up while it games the other two."""
-    out = {"gen_ppl": math.exp(judge_nll(judge, samples, batch_size, device))}
+    out = {} if judge is None else {"gen_ppl": math.exp(judge_nll(judge, samples, batch_size, device))}
     if words:
         out.update(task.word_validity(samples))
     out["unigram_entropy_bits"] = task.metrics(samples)["unigram_entropy_bits"]

@@ -293,6 +293,10 @@ def eval_cmd(
 
     if device is not None:
         C.from_dict({"device": {"device": device}})
+    if samples is not None and samples < 1:
+        fail(f"--samples must be >= 1, got {samples}")
+    if seed is not None and seed < 0:
+        fail(f"--seed must be >= 0, got {seed}")
     model, cfg, step, dev, task = load_any(run_dir, device, with_task=True)
     check_z_policy(cfg, model, z_policy)
     text = hasattr(task, "eval_sequences")

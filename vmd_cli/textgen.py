@@ -131,11 +131,17 @@ class Stream:
 DEFAULT_JUDGE = "shakespeare-ar"
 
 
-def load_judge(source: Optional[str], task, dev):
-    """The autoregressive judge of gen-PPL: ``--judge``, or the bundled one where it speaks the run's vocabulary."""
+def load_judge(source: Optional[str], task, dev, length: int):
+    """The autoregressive judge of gen-PPL: ``--judge``, or the bundled one where it speaks the run's
+    vocabulary and length (else None: no gen-PPL, and one line says why)."""
     from vmd_cli.main import load_any
 
     judge, _, _, _, judge_task = load_any(source or DEFAULT_JUDGE, str(dev), with_task=True)
+    if source is None and (judge_task.state() != task.state() or judge.length != length):
+        err.print(f"no gen-PPL: the bundled judge {DEFAULT_JUDGE} reads another vocabulary or length than this "
+                  "run; give --judge RUN, an autoregressive run (e.g. --preset shakespeare-ar) on the same corpus",
+                  highlight=False, soft_wrap=True)
+        return None, None
     if judge_task.state() != task.state():
         fail(f"the judge {source or DEFAULT_JUDGE} has another vocabulary than this run: give --judge RUN, an "
              "autoregressive run (e.g. --preset shakespeare-ar) trained on the same corpus")
@@ -158,8 +164,8 @@ def eval_quality(model, cfg, step, dev, task, source: str, *, samples: int, step
     steps_list = steps_list or [k for k in (1, 2, 4) if k <= model.block_size]
     for k in steps_list:
         check_options(model, model.length, k, 0)
-    judge, judge_name = load_judge(judge_source, task, dev)
-    if judge.length != model.length:
+    judge, judge_name = load_judge(judge_source, task, dev, model.length)
+    if judge is not None and judge.length != model.length:
         fail(f"the judge reads {judge.length} tokens, this model makes {model.length}")
 
     try:  # the corpus: the word list and the test split (a run loads and samples without it)
@@ -191,11 +197,12 @@ def eval_quality(model, cfg, step, dev, task, source: str, *, samples: int, step
 
     table = Table(title=f"{model_label(cfg, model)} text, step {step}: {samples} samples of {model.length} tokens, "
                         f"seed {sc.seed}, temperature {sc.temperature}, {sc.strategy} order",
-                  caption=f"{source}; gen-PPL under {judge_name}; words of the training split")
+                  caption=f"{source}; gen-PPL under {judge_name or 'no judge'}; words of the training split")
     for col in ("steps / block", "gen-PPL", "word validity", "unigram entropy (bits)", "samples / s"):
         table.add_column(col, justify="right")
     for r in rows:
         validity = f"{r['word_validity']:.3f}" if "word_validity" in r else "n/a"
+        ppl = f"{r['gen_ppl']:.2f}" if "gen_ppl" in r else "n/a"
         rate = "" if r["samples_per_s"] is None else f"{r['samples_per_s']:.1f}"
-        table.add_row(str(r["steps_per_block"]), f"{r['gen_ppl']:.2f}", validity, f"{r['unigram_entropy_bits']:.3f}", rate)
+        table.add_row(str(r["steps_per_block"]), ppl, validity, f"{r['unigram_entropy_bits']:.3f}", rate)
     out.print(table)
