@@ -216,3 +216,17 @@ def test_at_80x24_each_title_is_one_line_the_keys_show_once_and_a_screenful_of_t
         return True
 
     assert drive(runs, script, right="mix")  # the longest title: block VMD block 4 (32-class mixture)
+
+
+def test_control_characters_never_reach_the_terminal():
+    import torch
+
+    from vmd_cli.play.text import Frame, render_frame, visible
+
+    tokens = list("ab\x1b]0;PWNED\x07\x1b[31mhi\x9b\x7f\ncd")
+    n = len(tokens)
+    frame = Frame(ids=torch.arange(n), revealed=torch.zeros(n, dtype=torch.bool), block=0, index=0, steps=1)
+    shown = render_frame(frame, tokens, mask_id=999, prompt_len=2, block_size=n, length=n).plain
+    assert not any(ord(c) < 32 and c != "\n" or 0x7F <= ord(c) < 0xA0 for c in shown)
+    assert "\u241b]0;PWNED\u2407" in shown and "\u2370" in shown and "\u2421" in shown and "\ncd" in shown
+    assert visible("plain text\n") == "plain text\n"

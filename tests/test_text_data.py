@@ -337,3 +337,16 @@ def test_a_failed_text8_start_leaves_no_run_directory(tmp_path, monkeypatch):
     assert r.exit_code == 2 and "text8" in r.output, r.output
     assert "note: on this CPU a step takes at least" in r.output and "sized for a GPU" in r.output
     assert not run.exists() and (tmp_path / "runs").exists()  # the run's own folder only: its parent stays
+
+
+def test_a_device_or_a_corpus_over_the_cap_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    import vmd.tasks.text as text
+
+    with pytest.raises(DataError, match="/dev/zero is not a regular file or folder"):
+        make_task(text_cfg("/dev/zero"))
+    big = tmp_path / "big.txt"
+    big.write_text(prose(900))
+    monkeypatch.setattr(text, "MAX_CORPUS_BYTES", 1000)
+    monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail("read a corpus over the cap"))
+    with pytest.raises(DataError, match="more than the 0 GiB vmd reads into memory"):
+        make_task(text_cfg(big))

@@ -44,6 +44,7 @@ from vmd.tasks.tokenizers import CharTokenizer, PieceTokenizer, UnknownChar, des
 SHARES = {"train": (0, 90), "valid": (90, 95), "test": (95, 100)}  # percent of the characters
 WORD = re.compile(r"[^\W\d_]+")  # a word: a run of letters (word_validity)
 ZIP_MAGIC = b"PK\x03\x04"
+MAX_CORPUS_BYTES = 2 * 2**30  # a corpus is read whole: bounded before any of it is read
 
 
 def resolve_file(value: str) -> Path:
@@ -93,7 +94,13 @@ def read_corpus(path: Path) -> Corpus:
         if not files:
             raise DataError(f"the folder {path} holds no files to read as text")
     else:
+        if not path.is_file():  # a device (/dev/zero), a FIFO: never read without end
+            raise DataError(f"{path} is not a regular file or folder: give a text file or a folder of them")
         files = [path]
+    size = sum(f.stat().st_size for f in files)
+    if size > MAX_CORPUS_BYTES:
+        raise DataError(f"{path} holds {size / 2**30:.1f} GiB of text, more than the {MAX_CORPUS_BYTES / 2**30:.0f} GiB "
+                        "vmd reads into memory (about 7 bytes resident a character); train on a part of it")
     texts, starts, pos = [], [], 0
     for f in files:
         try:

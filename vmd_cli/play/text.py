@@ -25,6 +25,14 @@ SCREENFUL = 512  # characters shown by default: about a side's panel at 80x24 to
 DEFAULT_VMD = DEFAULT_TEXT_MODEL
 HIGHLIGHT = "bold black on yellow"  # the characters revealed in the step shown
 NEWLINE = "↵"  # a newline shows as this mark, then breaks the line
+# control characters (ESC and the other C0 codes, DEL, the C1 codes) never reach the terminal: a C0
+# code shows as its Unicode control picture (ESC as ␛), the others as ⍰
+_VISIBLE = {c: chr(0x2400 + c) for c in range(32) if c != 10} | {0x7F: "\u2421"} | {c: "\u2370" for c in range(0x80, 0xA0)}
+
+
+def visible(text: str) -> str:
+    """``text`` with its control characters (but newlines) shown as pictures, safe for a terminal."""
+    return text.translate(_VISIBLE)
 
 INTRO = ("BD3 left, block VMD right: the same prompt, blocks, steps per block and seed. Blocks are made left to "
          "right; inside the current block (underlined) this step's characters are highlighted, and _ is still "
@@ -105,6 +113,7 @@ def render_frame(frame: Frame, tokens: list[str], mask_id: int, prompt_len: int,
             style = HIGHLIGHT
         else:
             style = ("bold" if i < prompt_len else "") + (" underline" if i >= lo else "")
+        token = visible(token)
         for part in token.split("\n")[:-1]:
             text.append(part + NEWLINE, style=style or "dim")
             text.append("\n")
@@ -189,7 +198,7 @@ class TextScreen(Playback, Screen):
     def compose(self) -> ComposeResult:
         with Horizontal(id="prompt-row"):
             yield Label("prompt ")
-            yield Input(self.settings.prompt.replace("\n", "\\n"), placeholder="text to continue (e, then enter; "
+            yield Input(visible(self.settings.prompt.replace("\n", "\\n")), placeholder="text to continue (e, then enter; "
                         "\\n is a newline)", id="prompt", compact=True)
         yield Static("", id="error")
         with Horizontal(id="sides"):
