@@ -124,3 +124,10 @@ def test_eval_samples_of_a_run_with_its_own_vocabulary_go_on_without_the_default
         assert bad.returncode == 2 and words in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
     s = vmd("sample", run, "--seed", "-1")
     assert s.returncode == 2 and "sample.seed: -1 is out of range" in s.stderr
+
+
+def test_lengths_and_prompt_files_are_bounded_before_any_memory_is_taken(tmp_path):
+    r = vmd("sample", "shakespeare-block4", "--length=1000000000")
+    assert r.returncode == 2 and "more than the 1,000,000 tokens" in r.stderr, r.stderr
+    r = vmd("sample", "shakespeare-block4", "--prompt-file", "/dev/zero")
+    assert r.returncode == 2 and "is not a regular file" in r.stderr, r.stderr

@@ -17,6 +17,7 @@ from vmd.errors import DataError
 from vmd_cli.main import err, fail, out
 
 DEFAULT_TEXT_MODEL = "shakespeare-block4"
+MAX_LENGTH = 1_000_000  # tokens a sample may have: bounds the memory a --length can ask for
 
 
 def read_prompt(prompt: Optional[str], prompt_file: Optional[Path]) -> str:
@@ -25,9 +26,17 @@ def read_prompt(prompt: Optional[str], prompt_file: Optional[Path]) -> str:
     if prompt_file is None:
         return prompt or ""
     try:
-        data = sys.stdin.buffer.read() if str(prompt_file) == "-" else prompt_file.read_bytes()
+        if str(prompt_file) == "-":
+            data = sys.stdin.buffer.read(4 * MAX_LENGTH + 1)
+        elif not prompt_file.is_file():
+            fail(f"{prompt_file} is not a regular file")
+        else:
+            with open(prompt_file, "rb") as f:
+                data = f.read(4 * MAX_LENGTH + 1)
     except OSError as e:
         fail(f"{prompt_file}: {e.strerror or e}")
+    if len(data) > 4 * MAX_LENGTH:
+        fail(f"{prompt_file} is over {4 * MAX_LENGTH:,} bytes: longer than any sample may be")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -39,6 +48,9 @@ def check_options(model, length: int, steps: int, prompt_tokens: int) -> None:
     bs = model.block_size
     if length < 1:
         fail(f"--length must be >= 1, got {length}")
+    if length > MAX_LENGTH:
+        fail(f"--length {length:,} is more than the {MAX_LENGTH:,} tokens a sample may have (each sample's tokens are "
+             "held in memory from the start)")
     if not 1 <= steps <= bs:
         fail(f"--steps-per-block must be between 1 and the model's block size, {bs}, got {steps}"
              + (" (a one-block model: its steps over the whole sequence)" if model.blocks == 1 else ""))
