@@ -73,7 +73,7 @@ def quality(runs: dict[str, str], judge_run: str, samples: int, steps=(1, 2, 4),
     for label, run in runs.items():
         model, cfg, step, task = checkpoint.load_run(run)
         model.eval()
-        if task.state() != judge_task.state():
+        if not task.same_vocabulary(judge_task):
             raise SystemExit(f"{run} and the judge {judge_run} have different vocabularies")
         rows[f"{label} ({run}, step {step})"] = out = []
         for k in steps:

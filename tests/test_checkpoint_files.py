@@ -328,3 +328,13 @@ def test_the_checks_leave_a_good_run_loadable(runs):
         model, cfg, step = checkpoint.load_model(runs / method)
         assert cfg.method == method and step == 10
         assert checkpoint.load_train_state(runs / method)["step"] == 10
+
+
+def test_an_edited_config_yaml_is_refused_not_ignored(run):
+    original = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(original.replace("layers: 1", "layers: 3", 1))
+    for load in (checkpoint.load_model, checkpoint.load_train_state):
+        with pytest.raises(CheckpointError, match="config.yaml says model.layers: 3, but the run was trained with 1"):
+            load(run)
+    (run / "config.yaml").write_text(original)  # put back: loads again
+    checkpoint.load_model(run)

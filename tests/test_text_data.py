@@ -40,7 +40,10 @@ def test_char_vocabulary_splits_windows_and_eval_sequences(corpus):
     n = len(text)
     train, valid, test = text[: n * 90 // 100], text[n * 90 // 100: n * 95 // 100], text[n * 95 // 100:]
     task = make_task(text_cfg(corpus))
-    assert task.vocab == len(set(train)) and task.state() == {"chars": "".join(sorted(set(train)))}
+    import hashlib
+
+    assert task.vocab == len(set(text)) and task.state() == {"chars": "".join(sorted(set(text))),
+                                                           "corpus_sha256": hashlib.sha256(text.encode()).hexdigest()}
     assert task.length == 16 and task.layout is None
     task.prepare()
     x, given = task.train_batch(64, torch.Generator().manual_seed(1))
@@ -101,7 +104,7 @@ def test_a_folder_is_its_files_in_name_order_and_a_bom_is_dropped(tmp_path):
 def test_sentencepiece_trains_on_the_training_split_and_round_trips(corpus):
     cfg = text_cfg(corpus, tokenizer="sentencepiece", vocab_size=60)
     task = make_task(cfg)
-    assert task.vocab == 60 and set(task.state()) == {"sentencepiece"}
+    assert task.vocab == 60 and set(task.state()) == {"sentencepiece", "corpus_sha256"}
     assert make_task(cfg).state() == task.state()  # deterministic training
     text = corpus.read_text(encoding="utf-8")
     n = len(text)
@@ -132,7 +135,7 @@ def test_bad_text_files_are_one_error_naming_the_detail(tmp_path, monkeypatch):
     fails(tmp_path / "nope.txt", rf"'{tmp_path / 'nope.txt'}' not found \(looked at {tmp_path / 'nope.txt'}\);")
     monkeypatch.chdir(tmp_path)
     beside = Path(vmd.__file__).resolve().parents[1] / "nope.txt"
-    fails("nope.txt", rf"'nope.txt' not found \(looked at {tmp_path / 'nope.txt'} and {beside}\); give a text file")
+    fails("nope.txt", rf"'nope.txt' not found \(looked at {tmp_path / 'nope.txt'} and {beside}\); give the text file or folder")
     bad = tmp_path / "latin1.txt"
     bad.write_bytes(prose(200).encode() + "caf\xe9\n".encode("latin-1"))
     fails(bad, rf"latin1.txt is not UTF-8 text: byte 0xe9 at byte offset {len(prose(200)) + 3:,} \(line 24\)")
@@ -350,3 +353,15 @@ def test_a_device_or_a_corpus_over_the_cap_is_refused_before_it_is_read(tmp_path
     monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail("read a corpus over the cap"))
     with pytest.raises(DataError, match="more than the 0 GiB vmd reads into memory"):
         make_task(text_cfg(big))
+
+
+def test_other_text_under_the_run_s_corpus_name_is_refused(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(prose(900))
+    task = make_task(text_cfg(corpus))
+    corpus.write_text(prose(900, seed=7))  # the same alphabet, another text
+    again = make_task(text_cfg(corpus), task.state())
+    with pytest.raises(DataError, match="is not the text this run was made on"):
+        again.prepare()
+    old = {k: v for k, v in task.state().items() if k != "corpus_sha256"}  # a run from before the hash: not checked
+    make_task(text_cfg(corpus), old).prepare()

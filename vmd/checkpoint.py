@@ -34,7 +34,7 @@ from vmd import config as C
 from vmd.atomic import atomic_write
 from vmd.checkpoint_file import (FORMAT, RUN_ID, Header, build_checked, check_optimizer, check_rng, generator_fits,
                                  match_shapes, part, read_header, read_tensors, regular_or_absent)
-from vmd.errors import CheckpointError
+from vmd.errors import CheckpointError, ConfigError, shown
 
 MODEL_FILE, STATE_FILE, META_FILE, CONFIG_FILE = "model.safetensors", "train_state.safetensors", "meta.json", "config.yaml"
 _ARCH = ("method", "task", "model", "latent")  # the config sections that shape a run's model
@@ -187,6 +187,27 @@ def _model_file(source: Path) -> Path:
     return path if path.suffix == ".safetensors" and path.is_file() else _check_dir(path) / MODEL_FILE
 
 
+def _config_file_agrees(run_dir: Path, head: Header) -> None:
+    """A run's config.yaml is a record of the config inside its checkpoint: an edit to it would be
+    ignored, so it is refused, naming the first key that differs and the way that does change a run."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        return
+    try:
+        written = C.to_dict(C.load_yaml_text(path.read_text(errors="replace")))
+    except (ConfigError, OSError) as e:
+        raise CheckpointError(f"{path} cannot be read as a config ({e}); restore it from the run's checkpoint") from None
+    saved = C.to_dict(head.cfg)
+    for section, values in saved.items():
+        for key, value in (values.items() if isinstance(values, dict) else [("", values)]):
+            other = written[section] if not key else written.get(section, {}).get(key)
+            if other != value:
+                name = f"{section}.{key}" if key else section
+                raise CheckpointError(f"{path} says {name}: {shown(other, 40)}, but the run was trained with "
+                                      f"{shown(value, 40)}: config.yaml is a record, not a setting; put it back, and "
+                                      "change a run with vmd train --resume RUN --set KEY=VALUE")
+
+
 def _open_model(source: Path):
     """(header, task, model, tensors) of a model file, checked; in a run directory, also that the
     training state's header (when there is a readable one) is of the same run."""
@@ -201,6 +222,8 @@ def _open_model(source: Path):
         if state is not None:
             _same_run(_identity(state), _identity(head))
     task, model = build_checked(head, head.shapes)
+    if Path(source).is_dir():
+        _config_file_agrees(source, head)
     return head, task, model, read_tensors(path)
 
 
@@ -262,6 +285,7 @@ def load_train_state(run_dir: Path) -> dict:
     if unknown:
         raise CheckpointError(f"{path}: unexpected tensor {unknown[0]}")
     _, model = build_checked(head, part(head.shapes, "model."), "model.")
+    _config_file_agrees(run_dir, head)
     if part(head.shapes, "ema."):
         match_shapes(path, part(head.shapes, "model."), part(head.shapes, "ema."), "ema.")
     try:

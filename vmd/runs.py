@@ -46,10 +46,8 @@ def model_changes(old: Config, new: Config) -> list[tuple[str, object, object]]:
 def refuse_occupied(run_dir: Path) -> None:
     """A new run goes into a folder that does not exist yet or is empty (but for a lock or temporary
     files a run of ours left): never among files that are not its own, which it would replace."""
-    if not run_dir.is_dir():
-        return
-    if checkpoint.has_checkpoint(run_dir):
-        raise CheckpointError(f"{run_dir} already holds a run; continue it with --resume or choose another --out")
+    if not run_dir.is_dir() or checkpoint.has_checkpoint(run_dir):
+        return  # (a run: its lock and its own checks below say whether it is busy or to be resumed)
     try:
         others = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE and not is_temp_name(p.name))
     except OSError as e:
@@ -72,7 +70,7 @@ def create(cls, cfg: Config, run_dir: Path, callback=None):
         refuse_occupied(Path(run_dir))
         lock = RunLock(ensure_run_dir(run_dir))
         try:
-            if checkpoint.has_checkpoint(run_dir):  # (written since the check above)
+            if checkpoint.has_checkpoint(run_dir):
                 raise CheckpointError(f"{run_dir} already holds a run; continue it with --resume or choose another --out")
             clean_stale_temps(run_dir, locked=True)
             history.truncate_after(run_dir, 0)  # a run killed before its first checkpoint left nothing to keep

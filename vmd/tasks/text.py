@@ -79,6 +79,11 @@ class Corpus:
         line = self.text.count("\n", self.starts[i], pos) + 1
         return f"{self.files[i]} line {line}"
 
+    def sha256(self) -> str:
+        import hashlib
+
+        return hashlib.sha256(self.text.encode("utf-8", "surrogatepass")).hexdigest()
+
     def bounds(self, name: str) -> tuple[int, int]:
         lo, hi = SHARES[name]
         n = len(self.text)
@@ -142,6 +147,7 @@ class TextTask:
         self._splits: dict[str, torch.Tensor] | None = None
         self._corpus: Corpus | None = None  # a new run's corpus, read once for its vocabulary, kept for prepare
         self._words: frozenset[str] | None = None  # the training split's words (word_validity)
+        self.corpus_sha = (state or {}).get("corpus_sha256")  # your own text's, stored with the run (text8 has its own)
         if state:
             self.tokenizer = from_state(cfg.tokenizer, state)
             if not cfg.file and getattr(self.tokenizer, "chars", None) != text8.CHARS:
@@ -153,6 +159,7 @@ class TextTask:
             self.tokenizer = CharTokenizer(text8.CHARS)
         else:
             self._corpus = corpus = read_corpus(resolve_file(cfg.file))
+            self.corpus_sha = corpus.sha256()
             self._check_lengths(corpus)
             train = corpus.text[slice(*corpus.bounds("train"))]
             alphabet = "".join(sorted(set(corpus.text)))  # the whole corpus's: a rare character anywhere has a token
@@ -175,7 +182,13 @@ class TextTask:
                                  f"the text needs at least about {20 * length:,} characters (it has {n:,})")
 
     def state(self) -> dict[str, str]:
-        return self.tokenizer.state()
+        """The vocabulary or tokenizer, and for your own text the corpus's SHA-256 (a resume or an
+        evaluation on other text is refused)."""
+        return {**self.tokenizer.state(), **({"corpus_sha256": self.corpus_sha} if self.corpus_sha else {})}
+
+    def same_vocabulary(self, other) -> bool:
+        """Whether ``other`` (a text task) reads and writes the same tokens (a judge, the other panel)."""
+        return self.tokenizer.state() == other.tokenizer.state()
 
     def prepare(self, progress: Callable[[int, int, str], None] | None = None) -> None:
         """Tokenise the splits (text8: from its cache, made or downloaded first if need be)."""
@@ -186,6 +199,9 @@ class TextTask:
             parts, where = text8.splits(progress), "text8"
         else:
             corpus = self._corpus or read_corpus(resolve_file(self.cfg.file))
+            if self.corpus_sha and corpus.sha256() != self.corpus_sha:
+                raise DataError(f"{corpus.path} is not the text this run was made on (its SHA-256 differs from the one "
+                                "stored with the run); give the run's own corpus")
             where = str(corpus.path)
             how = "by characters" if self.cfg.tokenizer == "char" else f"into {self.vocab} sentencepiece pieces"
             label = f"tokenising {corpus.path} {how} (in memory)"

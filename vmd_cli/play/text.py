@@ -143,7 +143,7 @@ def build_text_app(bd3: Optional[str] = None, vmd: Optional[str] = None, prompt:
 
     right = load_text_model(vmd, DEFAULT_VMD)  # first: --vmd sudoku-mdm is refused whatever the left one is
     left = load_text_model(bd3, DEFAULT_BD3)
-    if left[2].state() != right[2].state():
+    if not left[2].same_vocabulary(right[2]):
         fail(f"{left[3]} and {right[3]} have different vocabularies: give two models trained on the same corpus")
     sc = right[1].sample
     if length is None:  # a screenful where both models slide past their length (rotary), else their length
