@@ -338,3 +338,12 @@ def test_an_edited_config_yaml_is_refused_not_ignored(run):
             load(run)
     (run / "config.yaml").write_text(original)  # put back: loads again
     checkpoint.load_model(run)
+
+
+def test_a_truncated_model_file_beside_a_whole_training_state_resumes(run):
+    data = (run / MODEL).read_bytes()
+    (run / MODEL).write_bytes(data[: len(data) // 3])
+    with pytest.raises(CheckpointError):
+        checkpoint.load_model(run)  # the damaged weights themselves are refused ...
+    state = checkpoint.load_train_state(run)  # ... but what --resume needs is whole
+    assert state["step"] == 10

@@ -277,7 +277,12 @@ def load_train_state(run_dir: Path) -> dict:
     head = read_header(path)
     meta = read_meta(run_dir)
     if (run_dir / MODEL_FILE).exists():
-        _same_run(_identity(head), _identity(read_header(run_dir / MODEL_FILE)))
+        try:
+            weights = read_header(run_dir / MODEL_FILE)
+        except CheckpointError:
+            weights = None  # damaged (truncated): resume needs only the training state, and rewrites it at its save
+        if weights is not None:
+            _same_run(_identity(head), _identity(weights))
     if meta:
         arch = {k: meta[k] for k in ("method", "task") if k in meta}
         _same_run(_identity(head), (run_dir / META_FILE, meta.get("run_id"), meta.get("step"), arch))
