@@ -1,14 +1,12 @@
 """The checks of a config beyond its types: each key's range, and the settings that involve more
-than one key (``vmd.config.from_dict`` runs both before any work starts, naming the keys)."""
+than one key (``vmd.config.from_dict`` runs both before any work starts, naming the keys). The
+functions take a ``vmd.config.Config``; this module imports nothing of it, so the two form no circle."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from vmd.errors import ConfigError
-
-if TYPE_CHECKING:
-    from vmd.config import Config
 
 # Range checks beyond the types: key path -> (test, what a valid value is).
 _POSITIVE = (lambda v: v > 0, "a number > 0")
@@ -41,7 +39,7 @@ RANGES: dict[str, tuple[Any, str]] = {
 }
 
 
-def validate(cfg: "Config") -> None:
+def validate(cfg) -> None:
     """Checks that involve more than one key."""
     if cfg.task.min_givens > cfg.task.max_givens:
         raise ConfigError(f"task.min_givens ({cfg.task.min_givens}) is above task.max_givens ({cfg.task.max_givens})")
@@ -83,7 +81,7 @@ def validate(cfg: "Config") -> None:
             raise ConfigError(f"latent.{part} must be a multiple of model.heads ({cfg.model.heads})")
 
 
-def check_steps(cfg: "Config") -> None:
+def check_steps(cfg) -> None:
     """The k-step bound and the latents that only make sense with (or without) it, as one line each."""
     k, diff, lat = cfg.diffusion.steps, cfg.diffusion, cfg.latent
     if k:
