@@ -148,3 +148,37 @@ def test_first_screen_snapshot(snap_compare):
         await settle(pilot.app, pilot)
 
     assert snap_compare(build_app(), terminal_size=(80, 24), run_before=run_before)
+
+
+def test_a_blank_board_counts_the_distinct_valid_grids_its_z_draws_find(monkeypatch):
+    """The keys b (blank) and o (open puzzle); each z draw that ends in a valid grid adds it to the
+    VMD's count, the same grid twice counts once. The trace is stubbed to a valid grid per seed
+    (the bundled models, trained on unique puzzles, rarely complete a blank board in 10 steps)."""
+    import random
+
+    import vmd_cli.play.sudoku as play_sudoku
+    from vmd.sudoku.solve import Trace
+    from vmd.sudoku.solver import solutions
+
+    def fake(model, grid, **kw):
+        done = solutions(list(grid), 1, random.Random(kw["seed"] // 1000 % 2))[0]  # two grids, draw by draw
+        return Trace([list(grid), list(done)], [0] * 81, True)
+
+    monkeypatch.setattr(play_sudoku, "trace", fake)
+
+    async def script(app, pilot):
+        screen = app.screen
+        await pilot.press("b")
+        await settle(app, pilot)
+        assert screen.puzzle.givens == 0 and "blank" in screen.puzzle.source
+        for _ in range(3):
+            await pilot.press("z")
+            await settle(app, pilot)
+        assert len(screen.sides["vmd"].found) == 2
+        assert "2 valid grids" in str(screen.query_one("#status-vmd").render())
+        await pilot.press("o")
+        await settle(app, pilot)
+        assert "open" in screen.puzzle.source and 17 <= screen.puzzle.givens < 40
+        assert len(screen.sides["vmd"].found) == 1  # a new puzzle: counted afresh (its first run)
+
+    drive(script, puzzle=None)

@@ -15,6 +15,7 @@ from textual.widgets import Footer, Label, Static
 from vmd.sampling import STRATEGIES
 from vmd.sudoku.grid import Puzzle, is_solved
 from vmd.sudoku.solve import Trace, trace
+from vmd.sudoku.open import OPEN_SETS, make_open_puzzle
 from vmd.sudoku.solver import make_puzzle
 from vmd_cli.play.board import Board, status_line
 from vmd_cli.play.playback import SPEED_BINDINGS, STEP_BINDINGS, Playback, key_hint
@@ -27,11 +28,13 @@ KEYS = (
     ("space", "one step"), ("p", "play / pause"), ("r", "back to step 0"), ("+ / -", "faster / slower"),
     ("] / [", "more / fewer steps (NFE 1, 2, 3, 5, 10, 20, 50)"), ("s", "next strategy"),
     ("z", "new latent z for the VMD, run again from the start"), ("g / h", "new puzzle, easy / hard"),
+    ("o / b", "an open puzzle (10-100 solutions) / a blank board: each z draw may find another grid"),
     ("f", "next puzzle from the --puzzle file"), ("e", "enter or paste a puzzle"), ("?", "this help"),
     ("q", "quit"),
 )
 KEYS_SHORT = (("space", "step"), ("p", "play"), ("r", "reset"), ("z", "new z"), ("] [", "NFE"), ("s", "strategy"),
-              ("+ -", "speed"), ("g h", "easy/hard"), ("f", "file"), ("e", "enter"), ("?", "help"), ("q", "quit"))
+              ("+ -", "speed"), ("g h", "easy/hard"), ("o b", "open/blank"), ("f", "file"), ("e", "enter"), ("?", "help"),
+              ("q", "quit"))
 
 
 @dataclass
@@ -44,6 +47,7 @@ class Side:
     trace: Trace | None = None
     draws: int = 0  # how many times z was drawn anew (the VMD side's seed offset)
     solved: bool = False
+    found: set = field(default_factory=set)  # the distinct valid grids this side has made of the current puzzle
 
 
 @dataclass
@@ -69,6 +73,8 @@ class SudokuScreen(Playback, Screen):
         *SPEED_BINDINGS,
         Binding("g", "generate('easy')", "easy"),
         Binding("h", "generate('hard')", "hard"),
+        Binding("o", "generate('open')", "open"),
+        Binding("b", "generate('blank')", "blank"),
         Binding("f", "next_from_file", "file"),
         Binding("e", "enter", "enter"),
         Binding("question_mark", "app.help", "help", key_display="?"),
@@ -128,8 +134,11 @@ class SudokuScreen(Playback, Screen):
         if (grid, nfe, strategy) != (self.puzzle.grid, self.settings.nfe, self.settings.strategy):
             return  # settings moved on while this ran; a newer run is coming
         for key, tr in traces.items():
-            self.sides[key].trace = tr
-            self.sides[key].solved = is_solved(tr.frames[-1], grid)
+            side = self.sides[key]
+            side.trace = tr
+            side.solved = is_solved(tr.frames[-1], grid)
+            if side.solved:
+                side.found.add(tuple(tr.frames[-1]))
         self.refresh_view()
 
     # --- drawing --------------------------------------------------------------------------
@@ -140,7 +149,9 @@ class SudokuScreen(Playback, Screen):
         roomy = self.app.size.width >= 100 and self.app.size.height >= 30
         for key, side in self.sides.items():
             self.query_one(f"#board-{key}", Board).show(side.trace, self.pos, roomy)
-            self.query_one(f"#status-{key}", Static).update(status_line(side.trace, self.pos, side.solved))
+            found = len(side.found)
+            counter = f" · {found} valid grid{'s' if found != 1 else ''}" if found else ""
+            self.query_one(f"#status-{key}", Static).update(status_line(side.trace, self.pos, side.solved) + counter)
             title = side.name if key == "mdm" else f"{side.name} · z draw {side.draws + 1}"
             self.query_one(f"#title-{key}", Label).update(title)
         s = self.settings
@@ -180,6 +191,8 @@ class SudokuScreen(Playback, Screen):
 
     def set_puzzle(self, puzzle: Puzzle) -> None:
         self.puzzle = puzzle
+        for side in self.sides.values():
+            side.found = set()  # a new puzzle: nothing found yet
         self.recompute()
 
     def action_generate(self, level: str) -> None:
@@ -187,8 +200,14 @@ class SudokuScreen(Playback, Screen):
 
     @work(thread=True, exclusive=True, group="puzzle")
     def generate_puzzle(self, level: str, seed: int) -> None:
-        grid, _ = make_puzzle(random.Random(seed), *LEVELS[level])
-        self.app.call_from_thread(self.set_puzzle, Puzzle(grid, None, f"generated {level}"))
+        if level == "blank":
+            grid, name = (0,) * 81, "a blank board"
+        elif level == "open":
+            grid, count = make_open_puzzle(random.Random(seed), *OPEN_SETS["few"])
+            name = f"generated open ({count} solutions)"
+        else:
+            grid, name = make_puzzle(random.Random(seed), *LEVELS[level])[0], f"generated {level}"
+        self.app.call_from_thread(self.set_puzzle, Puzzle(grid, None, name))
 
     def action_next_from_file(self) -> None:
         s = self.settings
