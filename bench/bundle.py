@@ -2,7 +2,7 @@
 
     python bench/bundle.py --vmd runs/sudoku-vmd-tiny --mdm runs/sudoku-mdm-tiny
     python bench/bundle.py --text-bd3 runs/shakespeare-bd3-block4 --text-vmd runs/shakespeare-block4 \
-        --text-ar runs/shakespeare-ar
+        --text-ar runs/shakespeare-ar --text-fewstep runs/shakespeare-block4-k1
 
 Copies each run's model.safetensors (EMA weights, config, step and the task's vocabulary in its
 header) to vmd/models/NAME.safetensors and writes docs/bundled-models.md: the preset the run
@@ -31,7 +31,8 @@ from vmd.model.mixture import marginal_logits
 ROOT = Path(__file__).resolve().parent.parent
 LIMIT_MB = 25  # all bundled models together
 SLOTS = {"vmd": ("sudoku-vmd", "sudoku"), "mdm": ("sudoku-mdm", "sudoku"), "text_bd3": ("shakespeare-bd3-block4", "text"),
-         "text_vmd": ("shakespeare-block4", "text"), "text_ar": ("shakespeare-ar", "text")}
+         "text_vmd": ("shakespeare-block4", "text"), "text_ar": ("shakespeare-ar", "text"),
+         "text_fewstep": ("shakespeare-block4-k1", "text")}
 HAND = "## How they were trained (written by hand"
 
 

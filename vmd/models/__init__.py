@@ -11,7 +11,8 @@ from pathlib import Path
 
 from vmd.errors import CheckpointError
 
-BUNDLED = ("sudoku-vmd", "sudoku-mdm", "shakespeare-block4", "shakespeare-bd3-block4", "shakespeare-ar")
+BUNDLED = ("sudoku-vmd", "sudoku-mdm", "shakespeare-block4", "shakespeare-block4-k1", "shakespeare-bd3-block4",
+           "shakespeare-ar")
 NAMES_HELP = "a run directory, a model .safetensors file or a bundled model (" + ", ".join(BUNDLED) + ")"
 
 

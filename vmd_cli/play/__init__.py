@@ -61,7 +61,8 @@ def play(
                               "same blocks after the same prompt."),
     mdm: Optional[str] = typer.Option(None, help=f"Sudoku: the left model: {NAMES_HELP} \\[default: sudoku-mdm]."),
     vmd: Optional[str] = typer.Option(None, help=f"The right model: {NAMES_HELP} \\[default: sudoku-vmd; text: "
-                                      "shakespeare-block4]. Each side is titled by what its model is."),
+                                      "shakespeare-block4-k1, the few-step block VMD, at one step per block]. Each side is titled by what its model "
+                                      "is."),
     bd3: Optional[str] = typer.Option(None, help="Text: the left model \\[default: shakespeare-bd3-block4]; it must "
                                       "share the right one's vocabulary."),
     puzzle: Optional[str] = typer.Option(None, help="Sudoku: start from the puzzles of this file (f steps through "

@@ -18,11 +18,10 @@ from textual.widgets import Footer, Input, Label, Static
 
 from vmd.errors import DataError
 from vmd_cli.play.playback import SPEED_BINDINGS, STEP_BINDINGS, Playback
-from vmd_cli.textgen import DEFAULT_TEXT_MODEL
 
 DEFAULT_BD3 = "shakespeare-bd3-block4"
 SCREENFUL = 512  # characters shown by default: about a side's panel at 80x24 to 120x40
-DEFAULT_VMD = DEFAULT_TEXT_MODEL
+DEFAULT_VMD = "shakespeare-block4-k1"  # the few-step block VMD: at its one step per block it parts from BD3
 HIGHLIGHT = "bold black on yellow"  # the characters revealed in the step shown
 NEWLINE = "↵"  # a newline shows as this mark, then breaks the line
 # control characters (ESC and the other C0 codes, DEL, the C1 codes) never reach the terminal: a C0
