@@ -149,12 +149,12 @@ def load_judge(source: Optional[str], task, dev, length: int):
     from vmd_cli.main import load_any
 
     judge, _, _, _, judge_task = load_any(source or DEFAULT_JUDGE, str(dev), with_task=True)
-    if source is None and (not judge_task.same_vocabulary(task) or judge.length != length):
+    if source is None and (not task.same_vocabulary(judge_task) or judge.length != length):
         err.print(f"no gen-PPL: the bundled judge {DEFAULT_JUDGE} reads another vocabulary or length than this "
                   "run; give --judge RUN, an autoregressive run (e.g. --preset shakespeare-ar) on the same corpus",
                   highlight=False, soft_wrap=True)
         return None, None
-    if not judge_task.same_vocabulary(task):
+    if not task.same_vocabulary(judge_task):
         fail(f"the judge {source or DEFAULT_JUDGE} has another vocabulary than this run: give --judge RUN, an "
              "autoregressive run (e.g. --preset shakespeare-ar) trained on the same corpus")
     if judge.block_size != 1:

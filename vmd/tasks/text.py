@@ -187,8 +187,8 @@ class TextTask:
         return {**self.tokenizer.state(), **({"corpus_sha256": self.corpus_sha} if self.corpus_sha else {})}
 
     def same_vocabulary(self, other) -> bool:
-        """Whether ``other`` (a text task) reads and writes the same tokens (a judge, the other panel)."""
-        return self.tokenizer.state() == other.tokenizer.state()
+        """Whether ``other`` (any task) reads and writes the same tokens (a judge, the other panel)."""
+        return isinstance(other, TextTask) and self.tokenizer.state() == other.tokenizer.state()
 
     def prepare(self, progress: Callable[[int, int, str], None] | None = None) -> None:
         """Tokenise the splits (text8: from its cache, made or downloaded first if need be)."""
