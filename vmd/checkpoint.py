@@ -35,6 +35,7 @@ from vmd.atomic import atomic_write
 from vmd.checkpoint_file import (FORMAT, RUN_ID, Header, build_checked, check_optimizer, check_rng, generator_fits,
                                  match_shapes, part, read_header, read_tensors, regular_or_absent)
 from vmd.errors import CheckpointError, ConfigError, shown
+from vmd.model.adapt import load_weights
 
 MODEL_FILE, STATE_FILE, META_FILE, CONFIG_FILE = "model.safetensors", "train_state.safetensors", "meta.json", "config.yaml"
 _ARCH = ("method", "task", "model", "latent")  # the config sections that shape a run's model
@@ -169,16 +170,6 @@ def read_meta(run_dir: Path) -> dict:
         if key in data and not ok(data[key]):
             raise CheckpointError(f"{path}: {key} is {str(data[key])[:60]!r}, expected {what}")
     return data
-
-
-def load_weights(module: torch.nn.Module, state: dict, where,
-                 problem: str = "weights do not match the saved config") -> None:
-    """``module.load_state_dict(state, strict=True)``, a mismatch raised as one CheckpointError line."""
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        first = str(e).splitlines()[0] if str(e) else "shapes or names differ"
-        raise CheckpointError(f"{where}: {problem} ({first})") from e
 
 
 def _model_file(source: Path) -> Path:

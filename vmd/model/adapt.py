@@ -14,12 +14,22 @@ from __future__ import annotations
 
 import re
 
+import torch
 from torch import nn
 
-from vmd.checkpoint import load_weights
 from vmd.errors import CheckpointError
 
 _NORM = re.compile(r"trunk\.blocks\.(\d+)\.norm([12])\.(weight|bias)")
+
+
+def load_weights(module: torch.nn.Module, state: dict, where,
+                 problem: str = "weights do not match the saved config") -> None:
+    """``module.load_state_dict(state, strict=True)``, a mismatch raised as one CheckpointError line."""
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0] if str(e) else "shapes or names differ"
+        raise CheckpointError(f"{where}: {problem} ({first})") from e
 
 
 def is_denoiser(name: str) -> bool:

@@ -30,7 +30,7 @@ import torch
 from vmd.cache import cache_dir, read_checked, write_checked
 from vmd.cache import check_writable as _check_writable
 from vmd.errors import DataError
-from vmd.sudoku.grid import Puzzle, read_puzzles
+from vmd.sudoku.grid import Puzzle, read_puzzles, solved_mask
 from vmd.sudoku.solver import make_puzzle, random_solution
 
 CHUNK = 50
@@ -96,8 +96,6 @@ def _settings(n: int, min_givens: int, max_givens: int, seed: int) -> dict[str, 
 def _problem(puzzles: torch.Tensor, solutions: torch.Tensor, min_givens: int, max_givens: int) -> str | None:
     """What is wrong with a set's grids, or None: every solution a valid grid solving its puzzle,
     every puzzle's givens in range."""
-    from vmd.sudoku.solve import solved_mask  # here: vmd.sudoku.solve imports the task, which imports this module
-
     if not bool(solved_mask(solutions, puzzles).all()):
         return "a solution is not a valid grid solving its puzzle"
     givens = (puzzles > 0).sum(1)

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, TextIO
 
+import torch
+
 from vmd.errors import DataError
 
 BLANKS = frozenset(".0_*Xx")
@@ -259,3 +261,14 @@ def read_puzzles(path: str | Path) -> list[Puzzle]:
             return _read_stream(stream, str(path))
     except OSError as e:
         raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
+
+
+def solved_mask(grids: torch.Tensor, puzzles: torch.Tensor) -> torch.Tensor:
+    """(n,) bool: complete, every row, column and box holds 1-9 once, every given kept."""
+    g = grids.long()
+    complete = ((g >= 1) & (g <= 9)).all(1)
+    p = puzzles.long().to(g.device)
+    kept = ((p == 0) | (p == g)).all(1)
+    units = g[:, torch.tensor(UNITS, device=g.device)]  # (n, 27, 9)
+    one_hot = torch.nn.functional.one_hot((units - 1).clamp(0, 8), 9).sum(2)  # (n, 27, 9) counts
+    return complete & kept & (one_hot == 1).all(2).all(1)

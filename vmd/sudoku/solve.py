@@ -21,27 +21,15 @@ import torch
 
 from vmd.sampling import RowGenerators, Step, generate, sample_generators
 from vmd.schedule import make_schedule
-from vmd.sudoku.grid import UNITS
+from vmd.sudoku.grid import solved_mask  # noqa: F401 (imported from here too)
 from vmd.tasks.sudoku import to_digits, to_tokens
 
-_UNITS = torch.tensor(UNITS)  # (27, 9) cell indices
 # Retries rank the cells by log(score) + RESTART_ORDER_NOISE * Gumbel. A fresh z alone barely
 # changes a collapsed VMD's solve, nor temperature-1 values an MDM's; a new order does (the
 # 8000-step bundled models, top-margin, --restarts 4, NFE 10 on 100 hard puzzles: 81 -> 90%,
 # where fresh z or temperature 1 gave 81-82%; 0.25 did worse than 0.5, and 1.0 and 2.0 did
 # worse at easy NFE 2; docs/results-sudoku.md).
 RESTART_ORDER_NOISE = 0.5
-
-
-def solved_mask(grids: torch.Tensor, puzzles: torch.Tensor) -> torch.Tensor:
-    """(n,) bool: complete, every row, column and box holds 1-9 once, every given kept."""
-    g = grids.long()
-    complete = ((g >= 1) & (g <= 9)).all(1)
-    p = puzzles.long().to(g.device)
-    kept = ((p == 0) | (p == g)).all(1)
-    units = g[:, _UNITS.to(g.device)]  # (n, 27, 9)
-    one_hot = torch.nn.functional.one_hot((units - 1).clamp(0, 8), 9).sum(2)  # (n, 27, 9) counts
-    return complete & kept & (one_hot == 1).all(2).all(1)
 
 
 @dataclass
