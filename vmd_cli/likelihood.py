@@ -4,7 +4,8 @@ the K-step sampler beside it; and for a VMD the latent's state."""
 
 from __future__ import annotations
 
-from vmd_cli.main import err, fail, model_label, show_metrics
+from vmd_cli.common import model_label
+from vmd_cli.console import err, fail, show_metrics
 
 
 def eval_likelihood(model, cfg, step, dev, task, run_dir, *, split: str, max_sequences, draws: int, seed,

@@ -1,116 +1,23 @@
-"""The ``vmd`` command line: a thin layer over the library."""
+"""The ``vmd`` command table: train, eval and sample declared here, solve, play and plot registered by
+their modules on the same app; ``main`` runs it."""
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import functools
 import json
-import os
 import signal
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from vmd import config as C
-from vmd.distributed import RankError, env_rank, launched, leave
 from vmd.allocator import keep_freed_memory
-from vmd.errors import VmdError
-from vmd.models import NAMES_HELP
-
-app = typer.Typer(
-    help="Masked diffusion (MDM) and variational masked diffusion (VMD) on discrete data.\n\n"
-    "Examples:\n\n"
-    "  vmd train --preset synthetic-2tok-vmd\n\n"
-    "  vmd eval runs/synthetic-2tok-vmd --nfe 1\n\n"
-    "  vmd sample runs/synthetic-2tok-vmd -n 8\n\n"
-    "  vmd solve puzzles.txt --nfe 10",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-class _Out(Console):
-    def on_broken_pipe(self) -> None:
-        """The reader went away (`vmd sample ... | head`): done, quietly, exit 0 (rich's own exits 1)."""
-        self.quiet = True
-        with contextlib.suppress(OSError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise SystemExit(0)
-
-
-out = _Out()
-err = Console(stderr=True, quiet=env_rank() != 0)  # under torchrun, rank 0 alone reports
-
-
-def print_error(message: str, console: Console | None = None) -> None:
-    (console or err).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-
-
-def fail(message: str, code: int = 2) -> None:
-    print_error(message)
-    raise typer.Exit(code)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM outside training (which saves first): unwinds like Ctrl-C, so that work in flight
-    is dropped the same way, and exits 143 as a process ended by SIGTERM would."""
-
-
-def friendly(fn):
-    """Turn the library's user-facing errors, file-system faults and interruptions into one line on
-    stderr: exit 2 for an error, 130 for Ctrl-C, 143 for SIGTERM."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except RankError as e:  # this process's own: every rank says it (``err`` is rank 0's), naming itself
-            print_error(f"rank {env_rank()}: {e}" if launched() else str(e), Console(stderr=True))
-            raise typer.Exit(2)
-        except VmdError as e:
-            fail(str(e))
-        except KeyboardInterrupt as e:
-            term = isinstance(e, Terminated)
-            err.print("terminated" if term else "interrupted")
-            raise typer.Exit(143 if term else 130)
-        except OSError as e:
-            if e.errno == errno.EPIPE:  # the reader went away (`vmd sample ... | head`): done, quietly
-                with contextlib.suppress(OSError):  # no flush of what is left at exit, no 'Exception ignored'
-                    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-                raise typer.Exit(0)
-            where = f"{e.filename}: " if e.filename else ""
-            fail(f"{where}{e.strerror or e}")
-
-    return wrapper
-
-
-def default_out(name: str) -> Path:
-    """runs/NAME, or runs/NAME-2, -3, ... so that no earlier run is overwritten."""
-    base = Path("runs") / name
-    path, i = base, 2
-    while path.exists():
-        path, i = Path(f"{base}-{i}"), i + 1
-    return path
-
-
-def check_z_policy(cfg: C.Config, model, z_policy: Optional[str]) -> None:
-    """--z-policy chooses when a VMD's z is drawn: refused, like any option that does not apply, for a
-    model without one (BD3, MDM) or a mixture, whose class is drawn at every step by definition."""
-    if z_policy is not None and not model.has_latent:
-        what = "draws its class at every step" if model.mixture else "has no latent z"
-        fail(f"--z-policy applies to a VMD's latent z; {model_label(cfg, model)} {what}")
-
-
-def _sample_config(cfg: C.Config, **options) -> C.SampleConfig:
-    """The run's sampling settings with the command-line options on top, validated like a preset."""
-    sets = [f"sample.{k}={v}" for k, v in options.items() if v is not None]
-    data = C.apply_overrides({"sample": C.to_dict(cfg)["sample"]}, sets)
-    return C.from_dict(data).sample
+from vmd.distributed import leave
+from vmd_cli.common import (MODEL_HELP, LENGTH_HELP, STEPS_PER_BLOCK_HELP, app, check_z_policy, default_out, load_any,
+                            model_label, parse_ints, sample_config, task_label)
+from vmd_cli.console import Terminated, err, fail, friendly, out, print_error, show_metrics, terminate
+from vmd_cli import play, plot, sudoku  # noqa: F401  (they register vmd play, vmd plot and vmd solve)
 
 
 @app.command(epilog="Examples:\n\n"
@@ -200,52 +107,6 @@ def _train(trainer, resume: Optional[Path]) -> None:
     err.print(f"saved [bold]{run_dir}[/] at step {trainer.step}; evaluate with: vmd eval {run_dir}", soft_wrap=True)
 
 
-def parse_ints(text: Optional[str], option: str) -> Optional[list[int]]:
-    """"1,2,5" -> [1, 2, 5]; None stays None; anything else is a one-line error."""
-    if text is None:
-        return None
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        fail(f"{option} takes integers separated by commas, got {text!r}")
-    if not values or min(values) < 1:
-        fail(f"{option} values must be integers >= 1, got {text!r}")
-    return values
-
-
-def model_label(cfg: C.Config, model) -> str:
-    """What a model is, as papers name it: MDM, VMD, AR, BD3 block B or block VMD block B."""
-    if model.block_size == 1:
-        return "AR"
-    kind = f" ({model.mixture}-class mixture)" if model.mixture else " (z held at 0)" if model.constant_z else ""
-    if model.blocks > 1:
-        return f"{'block VMD' if cfg.method == 'vmd' else 'BD3'} block {model.block_size}{kind}"
-    return cfg.method.upper() + kind
-
-
-def task_label(cfg: C.Config) -> str:
-    return f"synthetic/{cfg.task.kind}" if cfg.task.name == "synthetic" else cfg.task.name
-
-
-MODEL_HELP = f"The model: {NAMES_HELP}."
-STEPS_PER_BLOCK_HELP = ("Text: denoising steps per block, 1 to the block size \\[default: the run's sample.nfe, at "
-                        "most the block size].")
-LENGTH_HELP = ("Text: tokens per sample, prompt included \\[default: the model's length]; past it a model with "
-               "rotary positions slides its cache.")
-
-
-def load_any(source: str, device: Optional[str], with_task: bool = False):
-    """A model by any name a command takes (``vmd.models.resolve``): (model on its device, config,
-    step, device), and with ``with_task`` the run's task (rebuilt from what the run stored)."""
-    from vmd.checkpoint import load_run
-    from vmd.models import resolve
-    from vmd.devices import resolve_device
-
-    model, cfg, step, task = load_run(resolve(source), "cpu")
-    dev = resolve_device(device or cfg.device.device)
-    return (model.to(dev), cfg, step, dev) + ((task,) if with_task else ())
-
-
 @app.command("eval", epilog="Examples:\n\n"
              "  vmd eval runs/synthetic-2tok-vmd --nfe 1\n\n"
              "  vmd eval runs/synthetic-d1-mdm --nfe 4 --json\n\n"
@@ -325,7 +186,7 @@ def eval_cmd(
     if text and (samples is not None or steps_per_block is not None):
         from vmd_cli.textgen import eval_quality
 
-        sc = _sample_config(cfg, strategy=strategy, temperature=temperature, z_policy=z_policy, seed=seed)
+        sc = sample_config(cfg, strategy=strategy, temperature=temperature, z_policy=z_policy, seed=seed)
         return eval_quality(model, cfg, step, dev, task, run_dir, samples=samples or 200,
                             steps_list=parse_ints(steps_per_block, "--steps-per-block"), judge_source=judge, sc=sc,
                             batch_size=batch_size, as_json=as_json)
@@ -339,29 +200,16 @@ def eval_cmd(
 
         return eval_sudoku(model, cfg, step, dev, run_dir, nfe=nfe, strategy=strategy, data=data, givens=givens,
                            restarts=restarts, samples=samples, seed=seed, as_json=as_json,
-                           z_policy=_sample_config(cfg, z_policy=z_policy).z_policy)
+                           z_policy=sample_config(cfg, z_policy=z_policy).z_policy)
     nfe_value = parse_ints(nfe, "--nfe")
     if nfe_value is not None and len(nfe_value) != 1:
         fail("--nfe takes one value for this task")
-    sc = _sample_config(cfg, nfe=nfe_value[0] if nfe_value else None, strategy=strategy, temperature=temperature,
+    sc = sample_config(cfg, nfe=nfe_value[0] if nfe_value else None, strategy=strategy, temperature=temperature,
                         z_policy=z_policy, num_samples=samples, seed=seed)
     metrics = evaluate(model, task, cfg, sc, dev)
     metrics = {"method": cfg.method, "step": step, "nfe": sc.nfe, "strategy": sc.strategy,
                "temperature": sc.temperature, "z_policy": sc.z_policy, **metrics}
     show_metrics(metrics, f"{cfg.method.upper()} {task_label(cfg)}, step {step}", str(run_dir), as_json)
-
-
-def show_metrics(metrics: dict, title: str, caption: str, as_json: bool) -> None:
-    """One JSON object on stdout, or a two-column table of the metrics."""
-    if as_json:
-        print(json.dumps(metrics))
-        return
-    table = Table(title=title, caption=caption)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k, v in metrics.items():
-        table.add_row(k, f"{v:.4f}" if isinstance(v, float) and v == v else str(v))
-    out.print(table)
 
 
 @app.command(epilog="Examples:\n\n"
@@ -410,7 +258,7 @@ def sample(
 
         if nfe is not None:
             fail("--nfe is for one-pass models; a text model takes --steps-per-block")
-        sc = _sample_config(cfg, strategy=strategy, temperature=temperature, z_policy=z_policy, seed=seed)
+        sc = sample_config(cfg, strategy=strategy, temperature=temperature, z_policy=z_policy, seed=seed)
         return sample_text(model, cfg, task, source, dev, n=1 if n is None else n, length=length, steps=steps_per_block,
                            prompt=read_prompt(prompt, prompt_file), sc=sc, batch_size=batch_size, cache=not no_cache,
                            fmt="json" if as_json else fmt)
@@ -422,8 +270,8 @@ def sample(
         fail(f"{', '.join(given)} {'apply' if len(given) > 1 else 'applies'} to text models; {source} is a "
              f"{task_label(cfg)} model")
     n = 8 if n is None else n
-    sc = _sample_config(cfg, nfe=nfe, strategy=strategy, temperature=temperature, z_policy=z_policy,
-                        num_samples=n, batch_size=max(1, n), seed=seed)
+    sc = sample_config(cfg, nfe=nfe, strategy=strategy, temperature=temperature, z_policy=z_policy,
+                       num_samples=n, batch_size=max(1, n), seed=seed)
     x = draw_samples(model, task, sc, cfg.diffusion.schedule, dev)
     if as_json:
         print(json.dumps(x.tolist()))
@@ -432,24 +280,15 @@ def sample(
         out.print(line, highlight=False, soft_wrap=True)
 
 
-import vmd_cli.play  # noqa: E402,F401  (registers vmd play)
-import vmd_cli.plot  # noqa: E402,F401  (registers vmd plot)
-import vmd_cli.sudoku  # noqa: E402,F401  (registers vmd solve)
-
-
 # Click's base error, whichever click this typer runs on (newer typers vendor their own)
 _USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
-
-
-def _terminate(signum, frame):
-    raise Terminated()
 
 
 def main() -> None:
     """The ``vmd`` command. Click runs outside its standalone mode, so that its usage errors print as
     one ``error:`` line like every other error (not a framed box), and Ctrl-C says so."""
     keep_freed_memory()  # this process is the application: see vmd/allocator.py
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, terminate)
     try:
         code = app(standalone_mode=False, prog_name="vmd")
     except _USAGE_ERROR as e:

@@ -10,7 +10,8 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from vmd_cli.main import app, fail, friendly, out
+from vmd_cli.common import app
+from vmd_cli.console import fail, friendly, out
 
 MARK = "vmd plot"  # in each PNG's metadata: a file with it is ours to replace, any other is not
 

@@ -10,7 +10,8 @@ import typer
 from rich.text import Text
 
 from vmd.models import NAMES_HELP
-from vmd_cli.main import app, err, fail, friendly, load_any, out
+from vmd_cli.common import app, load_any, parse_ints
+from vmd_cli.console import err, fail, friendly, out
 from vmd_cli.progress import progress_bar
 
 FORMATS = ("grid", "line", "json")
@@ -162,7 +163,6 @@ def eval_sudoku(model, cfg, step, dev, run_dir, *, nfe, strategy, data, givens, 
     from vmd.sudoku.data import generated_set, puzzles_to_tensors
     from vmd.sudoku.evaluate import DEFAULT_NFES, accuracy_table
     from vmd.sudoku.grid import read_puzzles
-    from vmd_cli.main import parse_ints
 
     nfes = parse_ints(nfe, "--nfe") or list(DEFAULT_NFES)
     strategies = [s.strip() for s in strategy.split(",")] if strategy else list(STRATEGIES)

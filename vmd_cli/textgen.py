@@ -14,7 +14,8 @@ from rich.rule import Rule
 from rich.text import Text
 
 from vmd.errors import DataError
-from vmd_cli.main import err, fail, out
+from vmd_cli.common import load_any, model_label
+from vmd_cli.console import err, fail, out
 
 DEFAULT_TEXT_MODEL = "shakespeare-block4"
 MAX_LENGTH = 1_000_000  # tokens a sample may have: bounds the memory a --length can ask for
@@ -65,7 +66,8 @@ def check_options(model, length: int, steps: int, prompt_tokens: int) -> None:
 
 def sample_text(model, cfg, task, source: str, dev, *, n: int, length: Optional[int], steps: Optional[int],
                 prompt: str, sc, batch_size: int, cache: bool, fmt: str) -> None:
-    from vmd.blockwise import generate_blocks, sample_generators
+    from vmd.blockwise import generate_blocks
+    from vmd.rng import sample_generators
     from vmd.schedule import make_schedule
 
     length = model.length if length is None else length
@@ -146,8 +148,6 @@ DEFAULT_JUDGE = "shakespeare-ar"
 def load_judge(source: Optional[str], task, dev, length: int):
     """The autoregressive judge of gen-PPL: ``--judge``, or the bundled one where it speaks the run's
     vocabulary and length (else None: no gen-PPL, and one line says why)."""
-    from vmd_cli.main import load_any
-
     judge, _, _, _, judge_task = load_any(source or DEFAULT_JUDGE, str(dev), with_task=True)
     if source is None and (not task.same_vocabulary(judge_task) or judge.length != length):
         err.print(f"no gen-PPL: the bundled judge {DEFAULT_JUDGE} reads another vocabulary or length than this "
@@ -170,7 +170,6 @@ def eval_quality(model, cfg, step, dev, task, source: str, *, samples: int, step
     import time
 
     from vmd.evaluate import draw_samples, sample_quality
-    from vmd_cli.main import model_label
     from vmd_cli.progress import progress_bar
 
     steps_list = steps_list or [k for k in (1, 2, 4) if k <= model.block_size]

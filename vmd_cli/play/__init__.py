@@ -9,7 +9,8 @@ from typing import Optional
 import typer
 
 from vmd.models import NAMES_HELP
-from vmd_cli.main import LENGTH_HELP, STEPS_PER_BLOCK_HELP, app, friendly
+from vmd_cli.common import LENGTH_HELP, STEPS_PER_BLOCK_HELP, app
+from vmd_cli.console import fail, friendly
 
 DEFAULT_PUZZLE_SEED = 7
 
@@ -81,7 +82,6 @@ def play(
     """Watch an MDM and a VMD fill the same Sudoku step by step, side by side (--text: a BD3 and a block VMD
     continue the same prompt, block by block)."""
     from vmd import config as C
-    from vmd_cli.main import fail
 
     wrong = ({"--mdm": mdm, "--puzzle": puzzle, "--nfe": nfe} if text else
              {"--bd3": bd3, "--prompt": prompt, "--steps-per-block": steps_per_block, "--length": length})

@@ -17,6 +17,8 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input, Label, Static
 
 from vmd.errors import DataError
+from vmd_cli.common import load_any, model_label, task_label
+from vmd_cli.console import fail
 from vmd_cli.play.playback import SPEED_BINDINGS, STEP_BINDINGS, Playback
 
 DEFAULT_BD3 = "shakespeare-bd3-block4"
@@ -81,7 +83,8 @@ class TextSettings:
 
 def trace_text(model, prefix: torch.Tensor, s: TextSettings, seed: int, schedule) -> list[Frame]:
     """Every step of one sample after ``prefix`` (1-D ids), the frame before the first step included."""
-    from vmd.blockwise import generate_blocks, sample_generators
+    from vmd.blockwise import generate_blocks
+    from vmd.rng import sample_generators
 
     bs = model.block_size
     total = model.length if model.blocks == 1 else -(-s.length // bs) * bs
@@ -122,8 +125,6 @@ def render_frame(frame: Frame, tokens: list[str], mask_id: int, prompt_len: int,
 
 def load_text_model(source: Optional[str], bundled: str):
     """(model, config, task, title): a text model by any name; anything else is a one-line error."""
-    from vmd_cli.main import fail, load_any, model_label, task_label
-
     model, cfg, _, _, task = load_any(source or bundled, "cpu", with_task=True)
     if not hasattr(task, "encode_prompt"):
         fail(f"{source or bundled} is a {task_label(cfg)} model: vmd play --text takes text models (e.g. {bundled})")
@@ -136,7 +137,6 @@ def build_text_app(bd3: Optional[str] = None, vmd: Optional[str] = None, prompt:
                    strategy: Optional[str] = None):
     """The app on its text screen; the options are checked against both models before it starts."""
     from vmd.schedule import make_schedule
-    from vmd_cli.main import fail
     from vmd_cli.play.app import PlayApp
     from vmd_cli.textgen import check_options
 
