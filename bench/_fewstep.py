@@ -20,7 +20,8 @@ import torch
 from _docs import made_by as _made_by
 from _textgen import quality
 from vmd import checkpoint, config as C
-from vmd.blockwise import generate_blocks, sample_generators
+from vmd.blockwise import generate_blocks
+from vmd.rng import sample_generators
 from vmd.evaluate import likelihood
 from vmd.models import resolve
 from vmd.train import Trainer

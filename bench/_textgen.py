@@ -10,7 +10,8 @@ import torch
 
 from _docs import made_by as _made_by
 from vmd import checkpoint, config as C
-from vmd.blockwise import generate_blocks, sample_generators
+from vmd.blockwise import generate_blocks
+from vmd.rng import sample_generators
 from vmd.evaluate import draw_samples, sample_quality
 from vmd.model import build_model
 

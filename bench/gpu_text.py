@@ -45,7 +45,8 @@ import torch
 
 from gpu_session import fit_steps, probe_rate, sync  # bench/gpu_session.py
 from vmd import checkpoint, config as C, history
-from vmd.blockwise import generate_blocks, sample_generators
+from vmd.blockwise import generate_blocks
+from vmd.rng import sample_generators
 from vmd.errors import ConfigError, VmdError
 from vmd.evaluate import latent_stats, likelihood, mixture_stats
 from vmd.tasks import text8

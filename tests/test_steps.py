@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from tests.conftest import tiny
 from vmd import config as C
-from vmd.blockwise import generate_blocks, sample_generators
+from vmd.blockwise import generate_blocks
+from vmd.rng import sample_generators
 from vmd.diffusion import diffusion_loss
 from vmd.evaluate import evaluate, likelihood
 from vmd.model import build_model

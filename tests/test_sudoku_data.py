@@ -8,7 +8,7 @@ from vmd.errors import DataError
 from vmd.sudoku import data as D
 from vmd.sudoku.augment import augment
 from vmd.sudoku.grid import UNITS, is_solved
-from vmd.sudoku.solve import solved_mask
+from vmd.sudoku.grid import solved_mask
 from vmd.sudoku.solver import count_solutions, make_puzzle, random_solution, solutions
 
 HARD = "4.....8.5.3..........7......2.....6.....8.4......1.......6.3.7.5..2.....1.4......"

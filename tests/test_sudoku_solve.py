@@ -12,7 +12,8 @@ from vmd.diffusion import mask_tokens
 from vmd.model import build_model
 from vmd.schedule import make_schedule
 from vmd.sudoku.grid import parse, to_line
-from vmd.sudoku.solve import default_batch_size, solve, solved_mask
+from vmd.sudoku.grid import solved_mask
+from vmd.sudoku.solve import default_batch_size, solve
 from vmd.sudoku.solver import make_puzzle
 from vmd.tasks import make_task
 from vmd.tasks.sudoku import sudoku_layout, to_digits, to_tokens

@@ -27,7 +27,8 @@ import torch
 
 from vmd.errors import ConfigError
 from vmd.model.latent import select_rows
-from vmd.sampling import generate, sample_generators  # noqa: F401 (sample_generators: imported from here too)
+from vmd.rng import sample_generators  # noqa: F401 (imported from here too)
+from vmd.sampling import generate
 from vmd.schedule import Schedule
 
 

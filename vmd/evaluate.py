@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from vmd.config import Config, SampleConfig
 from vmd.diffusion import diffusion_loss, latent_terms, mask_tokens
-from vmd.blockwise import generate_blocks, sample_generators
+from vmd.blockwise import generate_blocks
+from vmd.rng import sample_generators
 from vmd.errors import ConfigError
 from vmd.model.mixture import marginal_logits
 from vmd.sampling import generate

@@ -23,7 +23,7 @@ from torch import nn
 from vmd.model.blocks import causal_mask, training_mask
 from vmd.model.blocks import positions as block_positions
 from vmd.model.transformer import Trunk
-from vmd.sampling import gumbel_noise, multinomial, randn
+from vmd.rng import gumbel_noise, multinomial, randn
 
 LOGVAR_MIN, LOGVAR_MAX = -12.0, 4.0
 _LOG_2PI = math.log(2 * math.pi)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vmd.sampling import gumbel_noise
+from vmd.rng import gumbel_noise
 
 
 class MixtureLogits:

@@ -12,7 +12,8 @@ import torch
 from vmd.sampling import DrawOnce, Step, generate
 from vmd.schedule import make_schedule
 from vmd.sudoku.grid import UNITS
-from vmd.sudoku.solve import default_batch_size, puzzle_generators, solve, solved_mask
+from vmd.sudoku.grid import solved_mask
+from vmd.sudoku.solve import default_batch_size, puzzle_generators, solve
 from vmd.tasks.sudoku import to_digits, to_tokens
 
 # every pair of cells that share a row, column or box, once: (810, 2)

@@ -19,7 +19,8 @@ from typing import Callable
 
 import torch
 
-from vmd.sampling import RowGenerators, Step, generate, sample_generators
+from vmd.rng import RowGenerators, sample_generators
+from vmd.sampling import Step, generate
 from vmd.schedule import make_schedule
 from vmd.sudoku.grid import solved_mask  # noqa: F401 (imported from here too)
 from vmd.tasks.sudoku import to_digits, to_tokens
