@@ -35,7 +35,7 @@ import torch
 
 from sudoku import SETS, TEST_SEED  # bench/sudoku.py: its test sets
 from vmd import checkpoint, config as C
-from vmd.errors import ConfigError
+from vmd.runtime.errors import ConfigError
 from vmd.sudoku.data import generated_set
 from vmd.tasks import make_task
 from vmd.train import Trainer

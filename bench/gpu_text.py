@@ -44,10 +44,11 @@ from pathlib import Path
 import torch
 
 from gpu_session import fit_steps, probe_rate, sync  # bench/gpu_session.py
-from vmd import checkpoint, config as C, history
+from vmd import checkpoint, config as C
+from vmd.runtime import history
 from vmd.blockwise import generate_blocks
 from vmd.rng import sample_generators
-from vmd.errors import ConfigError, VmdError
+from vmd.runtime.errors import ConfigError, VmdError
 from vmd.evaluate import latent_stats, likelihood, mixture_stats
 from vmd.tasks import text8
 from vmd.train import Trainer, resolve_device

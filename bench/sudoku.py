@@ -31,9 +31,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from _docs import matmul_flops, write_keeping_hand
-from vmd.allocator import keep_freed_memory
+from vmd.runtime.allocator import keep_freed_memory
 from vmd.checkpoint import load_model
-from vmd.errors import ConfigError
+from vmd.runtime.errors import ConfigError
 from vmd.models import bundled_path
 from vmd.sudoku.data import generated_set
 from vmd.sudoku.evaluate import (DEFAULT_NFES, DEFAULT_STRATEGIES, accuracy_table, failure_kinds,
@@ -254,5 +254,5 @@ def write(args, sources, models, nfes, results, perf, mm, gen, device) -> None:
 
 
 if __name__ == "__main__":
-    keep_freed_memory()  # as the `vmd` command does (vmd/allocator.py): its timings are what users get
+    keep_freed_memory()  # as the `vmd` command does (vmd/runtime/allocator.py): its timings are what users get
     main()

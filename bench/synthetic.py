@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from vmd import checkpoint, config as C
-from vmd.allocator import keep_freed_memory
+from vmd.runtime.allocator import keep_freed_memory
 from vmd.diffusion import diffusion_loss
 from vmd.evaluate import evaluate
 from vmd.schedule import make_schedule
@@ -328,5 +328,5 @@ def report(results, args, cost, corr, png, bounds) -> str:
 
 
 if __name__ == "__main__":
-    keep_freed_memory()  # as the `vmd` command does (vmd/allocator.py): its timings are what users get
+    keep_freed_memory()  # as the `vmd` command does (vmd/runtime/allocator.py): its timings are what users get
     main()

@@ -27,7 +27,7 @@ from _docs import matmul_flops, write_sections
 from _fewstep import VARIANTS, study
 from _textgen import generation_sections
 from vmd import checkpoint, config as C
-from vmd.allocator import keep_freed_memory
+from vmd.runtime.allocator import keep_freed_memory
 from vmd.diffusion import diffusion_loss
 from vmd.evaluate import likelihood
 from vmd.train import Trainer
@@ -111,7 +111,7 @@ def score_bpc(run: Path, max_sequences: int) -> tuple[dict, C.Config, int]:
 
 
 def main() -> None:
-    keep_freed_memory()  # as the vmd command does (vmd/allocator.py)
+    keep_freed_memory()  # as the vmd command does (vmd/runtime/allocator.py)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", default="0,1,2", help="training seeds (comma-separated)")
     p.add_argument("--steps", type=int, default=None, help="training steps [default: each preset's]")

@@ -7,7 +7,7 @@ import torch
 
 from tests.conftest import tiny
 from vmd import checkpoint
-from vmd.errors import CheckpointError, ConfigError
+from vmd.runtime.errors import CheckpointError, ConfigError
 from vmd.model import build_model
 from vmd.model.adapt import is_denoiser, start_from
 from vmd.tasks import make_task

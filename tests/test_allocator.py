@@ -5,7 +5,7 @@ import sys
 import pytest
 
 import vmd_cli.main as cli
-from vmd.allocator import keep_freed_memory
+from vmd.runtime.allocator import keep_freed_memory
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
@@ -13,7 +13,7 @@ GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 # (two solves warm up; a single solve after them can still catch a heap growing: up to 1,175 seen).
 SOLVE_AND_COUNT = """
 import random, resource, sys, torch
-from vmd.allocator import keep_freed_memory
+from vmd.runtime.allocator import keep_freed_memory
 print(keep_freed_memory())
 from vmd.checkpoint import load_model
 from vmd.models import bundled_path

@@ -6,7 +6,7 @@ import torch
 
 from tests.conftest import tiny
 from vmd import config as C
-from vmd.errors import ConfigError
+from vmd.runtime.errors import ConfigError
 from vmd.diffusion import diffusion_loss
 from vmd.model import build_model
 from vmd.model.blocks import positions, training_mask

@@ -8,7 +8,7 @@ import torch
 from vmd import config as C
 from vmd.blockwise import generate_blocks
 from vmd.rng import sample_generators
-from vmd.errors import ConfigError
+from vmd.runtime.errors import ConfigError
 from vmd.model import build_model
 from vmd.sampling import RowGenerators, generate
 

@@ -15,8 +15,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from tests.conftest import tiny
-from vmd import atomic, checkpoint
-from vmd.errors import CheckpointError
+from vmd import checkpoint
+from vmd.runtime import atomic
+from vmd.runtime.errors import CheckpointError
 from vmd.train import train
 
 
@@ -215,7 +216,7 @@ BOMB = """
 import resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
 from vmd import checkpoint
-from vmd.errors import CheckpointError
+from vmd.runtime.errors import CheckpointError
 for run in sys.argv[1:]:
     for load in (checkpoint.load_model, checkpoint.load_train_state,
                  lambda d: checkpoint.export_model(d, d + "/out.safetensors")):

@@ -1,7 +1,7 @@
 import pytest
 
 from vmd import config as C
-from vmd.errors import ConfigError
+from vmd.runtime.errors import ConfigError
 
 
 def test_every_bundled_preset_loads_and_validates():

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vmd import history
+from vmd.runtime import history
 
 STEPS = 300
 ARGS = ["--preset", "synthetic-d1-vmd", "--set", f"train.steps={STEPS}", "--set", "train.checkpoint_every=100",

@@ -7,7 +7,7 @@ import torch
 from tests.conftest import tiny
 from tests.test_cli import assert_one_line, cli
 from vmd import checkpoint
-from vmd.errors import ConfigError
+from vmd.runtime.errors import ConfigError
 from vmd.train import Trainer, train
 
 

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from tests.conftest import tiny
-from vmd import checkpoint, history
-from vmd.errors import CheckpointError, TrainingDiverged
+from vmd import checkpoint
+from vmd.runtime import history
+from vmd.runtime.errors import CheckpointError, TrainingDiverged
 from vmd.train import Trainer, TrainingInterrupted, train
 
 

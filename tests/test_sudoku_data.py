@@ -3,8 +3,8 @@ import random
 import pytest
 import torch
 
-import vmd.cache
-from vmd.errors import DataError
+import vmd.runtime.cache
+from vmd.runtime.errors import DataError
 from vmd.sudoku import data as D
 from vmd.sudoku.augment import augment
 from vmd.sudoku.grid import UNITS, is_solved
@@ -96,7 +96,7 @@ def test_a_cache_with_wrong_contents_is_made_again(tmp_path, monkeypatch):
     ones = torch.ones_like(s)
     cases = [
         (lambda: rewrite(path, p, ones), "checksum mismatch"),  # right shape, every solution all 1s
-        (lambda: rewrite(path, p, ones, vmd.cache.digest({"puzzles": p, "solutions": ones})), "not a valid grid"),  # even with a matching checksum
+        (lambda: rewrite(path, p, ones, vmd.runtime.cache.digest({"puzzles": p, "solutions": ones})), "not a valid grid"),  # even with a matching checksum
         (lambda: save_file({"puzzles": p, "solutions": s}, str(path)), "settings do not match"),  # no metadata
         (lambda: path.write_bytes(b"garbage"), "unreadable"),
     ]
@@ -128,7 +128,7 @@ def test_an_unusable_cache_directory_is_one_error_before_any_work(tmp_path, monk
     def read_only(*a, **k):  # as a read-only directory answers (the tests may run as root, who may write anywhere)
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(vmd.cache.tempfile, "TemporaryFile", read_only)
+    monkeypatch.setattr(vmd.runtime.cache.tempfile, "TemporaryFile", read_only)
     with pytest.raises(DataError, match=r"cache/sudoku is not writable \(Permission denied\)"):
         D.generated_set(6, 30, 36, workers=1)
 
@@ -138,7 +138,7 @@ def test_a_failed_cache_write_is_a_data_error(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setenv("VMD_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(vmd.cache, "atomic_write", full)
+    monkeypatch.setattr(vmd.runtime.cache, "atomic_write", full)
     with pytest.raises(DataError, match="could not write the data cache .*No space left on device.*VMD_CACHE_DIR"):
         D.generated_set(6, 30, 36, workers=1)
 

@@ -1,6 +1,6 @@
 import pytest
 
-from vmd.errors import DataError
+from vmd.runtime.errors import DataError
 from vmd.sudoku.grid import conflicts, is_solved, parse, read_puzzles, to_line
 
 SOLUTION = "534678912672195348198342567859761423426853791713924856961537284287419635345286179"

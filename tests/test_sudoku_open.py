@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from vmd.errors import DataError
+from vmd.runtime.errors import DataError
 from vmd.sudoku.grid import read_puzzles
 from vmd.sudoku.open import OPEN_SETS, make_open_puzzle, open_set, write_puzzles
 from vmd.sudoku.solver import count_solutions

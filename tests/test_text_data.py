@@ -8,7 +8,7 @@ import torch
 
 import vmd
 from vmd import config as C
-from vmd.errors import ConfigError, DataError
+from vmd.runtime.errors import ConfigError, DataError
 from vmd.tasks import make_task
 from vmd.tasks import text8 as T8
 from vmd.tasks.text import resolve_file

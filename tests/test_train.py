@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from tests.conftest import tiny
-from vmd import atomic, checkpoint
-from vmd.errors import CheckpointError
+from vmd import checkpoint
+from vmd.runtime import atomic
+from vmd.runtime.errors import CheckpointError
 from vmd.train import Trainer, TrainingInterrupted, train
 
 
@@ -156,7 +157,7 @@ def test_loss_terms_are_logged_separately_and_kl_warms_up(tmp_path):
 
 
 def test_a_diverging_run_stops_with_a_clear_error_and_keeps_its_checkpoint(tmp_path):
-    from vmd.errors import TrainingDiverged
+    from vmd.runtime.errors import TrainingDiverged
 
     train(tiny(steps=20), tmp_path / "r")
     before = (tmp_path / "r" / "model.safetensors").read_bytes()
@@ -173,7 +174,7 @@ def test_a_diverging_run_stops_with_a_clear_error_and_keeps_its_checkpoint(tmp_p
 def test_ctrl_c_after_the_loss_diverged_does_not_save_the_broken_weights(tmp_path, monkeypatch):
     """The loss is checked where the loop logs or saves, not every step; Ctrl-C between two checks
     must not checkpoint weights that went non-finite in between."""
-    from vmd.errors import TrainingDiverged
+    from vmd.runtime.errors import TrainingDiverged
 
     train(tiny(steps=20), tmp_path / "r")
     before = (tmp_path / "r" / "model.safetensors").read_bytes()

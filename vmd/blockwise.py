@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from vmd.errors import ConfigError
+from vmd.runtime.errors import ConfigError
 from vmd.model.latent import select_rows
 from vmd.rng import sample_generators  # noqa: F401 (imported from here too)
 from vmd.sampling import generate

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 
 from vmd.config_checks import RANGES, validate
-from vmd.errors import ConfigError, shown
+from vmd.runtime.errors import ConfigError, shown
 
 
 @dataclass
@@ -129,7 +129,7 @@ class DiffusionConfig:
 class TrainConfig:
     steps: int = 2000
     # the global batch of each optimiser step: under torchrun each of N processes draws
-    # batch_size / (N x accumulate) sequences per shard from its own streams (vmd/distributed.py)
+    # batch_size / (N x accumulate) sequences per shard from its own streams (vmd/runtime/distributed.py)
     batch_size: int = 256
     # gradient accumulation: each process takes its share of the batch in this many passes
     # (less memory, the same step); must divide the batch with the number of processes

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vmd.errors import ConfigError
+from vmd.runtime.errors import ConfigError
 
 # Range checks beyond the types: key path -> (test, what a valid value is).
 _POSITIVE = (lambda v: v > 0, "a number > 0")

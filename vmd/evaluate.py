@@ -13,7 +13,7 @@ from vmd.config import Config, SampleConfig
 from vmd.diffusion import diffusion_loss, latent_terms, mask_tokens
 from vmd.blockwise import generate_blocks
 from vmd.rng import sample_generators
-from vmd.errors import ConfigError
+from vmd.runtime.errors import ConfigError
 from vmd.model.mixture import marginal_logits
 from vmd.sampling import generate
 from vmd.schedule import make_schedule, sample_t

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import torch
 
-from vmd.errors import ConfigError
+from vmd.runtime.errors import ConfigError
 from vmd.schedule import Schedule, sample_t
 
 

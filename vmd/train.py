@@ -1,5 +1,5 @@
 """The training loop: AdamW, warm-up then cosine decay, gradient clipping, EMA, AMP, gradient
-accumulation, data parallel under torchrun (vmd/distributed.py), atomic checkpoints and exact
+accumulation, data parallel under torchrun (vmd/runtime/distributed.py), atomic checkpoints and exact
 resume. Progress goes to a callback (the CLI draws it); rank 0 alone writes the run."""
 
 from __future__ import annotations
@@ -14,17 +14,18 @@ from typing import Callable
 
 import torch
 
-from vmd import checkpoint, distributed, history, runs
+from vmd import checkpoint
+from vmd.runtime import distributed, history, runs
 from vmd.config import Config
-from vmd.devices import autocast, check_precision, forward_flops, matmul_rate, profiler, resolve_device
+from vmd.runtime.devices import autocast, check_precision, forward_flops, matmul_rate, profiler, resolve_device
 from vmd.diffusion import METRICS, diffusion_loss, kl_weight
-from vmd.errors import CheckpointError, TrainingDiverged
+from vmd.runtime.errors import CheckpointError, TrainingDiverged
 from vmd.evaluate import likelihood
 from vmd.model import adapt, build_model, count_parameters
 from vmd.models import resolve as resolve_model
-from vmd.runlock import RunLock
+from vmd.runtime.runlock import RunLock
 from vmd.schedule import make_schedule
-from vmd.stopping import StopSignals, TrainingInterrupted
+from vmd.runtime.stopping import StopSignals, TrainingInterrupted
 from vmd.tasks import make_task
 
 _LOSS = METRICS.index("loss")  # the loss's row in Loss.stacked()
@@ -76,9 +77,9 @@ class Trainer:
     saved_step: int | None = None  # the step of the newest checkpoint on disk, None before the first
     lock: RunLock | None = None  # rank 0's, held from create / resume until the run ends (``close``)
     task_state: dict | None = None  # a resumed run's stored task state (vmd.tasks.make_task)
-    profile_steps: int = 0  # > 0: a torch profiler trace of that many steps in RUN/profile (vmd.devices)
+    profile_steps: int = 0  # > 0: a torch profiler trace of that many steps in RUN/profile (vmd.runtime.devices)
     profile_trace: Path | None = None  # the trace's file, once profiling has started
-    made_dir: bool = False  # a new run whose directory this start made (vmd.runs.discard_unsaved)
+    made_dir: bool = False  # a new run whose directory this start made (vmd.runtime.runs.discard_unsaved)
     on_step: Callable[[int], None] | None = None  # after every step, its number (a progress bar; no metrics)
 
     def __post_init__(self):
@@ -125,12 +126,12 @@ class Trainer:
 
     @classmethod
     def create(cls, cfg: Config, run_dir: Path, callback=None) -> "Trainer":
-        """A new run in ``run_dir``, which must not hold a run already (vmd/runs.py)."""
+        """A new run in ``run_dir``, which must not hold a run already (vmd/runtime/runs.py)."""
         return runs.create(cls, cfg, run_dir, callback)
 
     @classmethod
     def resume(cls, run_dir: Path, overrides: Callable[[Config], Config] | None = None, callback=None) -> "Trainer":
-        """The run in ``run_dir`` as its last checkpoint left it (vmd/runs.py)."""
+        """The run in ``run_dir`` as its last checkpoint left it (vmd/runtime/runs.py)."""
         return runs.resume(cls, run_dir, overrides, callback)
 
     def start_from(self, source: str) -> None:

@@ -88,7 +88,7 @@ def load_any(source: str, device: Optional[str], with_task: bool = False):
     step, device), and with ``with_task`` the run's task (rebuilt from what the run stored)."""
     from vmd.checkpoint import load_run
     from vmd.models import resolve
-    from vmd.devices import resolve_device
+    from vmd.runtime.devices import resolve_device
 
     model, cfg, step, task = load_run(resolve(source), "cpu")
     dev = resolve_device(device or cfg.device.device)

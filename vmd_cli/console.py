@@ -15,8 +15,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from vmd.distributed import RankError, env_rank, launched
-from vmd.errors import VmdError
+from vmd.runtime.distributed import RankError, env_rank, launched
+from vmd.runtime.errors import VmdError
 
 
 class _Out(Console):

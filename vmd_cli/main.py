@@ -12,8 +12,8 @@ from typing import List, Optional
 import typer
 
 from vmd import config as C
-from vmd.allocator import keep_freed_memory
-from vmd.distributed import leave
+from vmd.runtime.allocator import keep_freed_memory
+from vmd.runtime.distributed import leave
 from vmd_cli.common import (MODEL_HELP, LENGTH_HELP, STEPS_PER_BLOCK_HELP, app, check_z_policy, default_out, load_any,
                             model_label, parse_ints, sample_config, task_label)
 from vmd_cli.console import Terminated, err, fail, friendly, out, print_error, show_metrics, terminate
@@ -46,7 +46,7 @@ def train(
     SIGTERM finishes the step, saves and exits (130 / 143); --resume continues bitwise. The
     progress line shows tokens/s and the model's FLOP/s as a share of a plain matmul on the
     device, also written to RUN/metrics.jsonl."""
-    from vmd import runs
+    from vmd.runtime import runs
     from vmd.train import Trainer
 
     try:
@@ -287,7 +287,7 @@ _USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "Clic
 def main() -> None:
     """The ``vmd`` command. Click runs outside its standalone mode, so that its usage errors print as
     one ``error:`` line like every other error (not a framed box), and Ctrl-C says so."""
-    keep_freed_memory()  # this process is the application: see vmd/allocator.py
+    keep_freed_memory()  # this process is the application: see vmd/runtime/allocator.py
     signal.signal(signal.SIGTERM, terminate)
     try:
         code = app(standalone_mode=False, prog_name="vmd")

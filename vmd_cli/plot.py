@@ -21,7 +21,7 @@ PANELS = (("bits_per_token", "training bound (bits per token)"), ("valid_bpt", "
 
 
 def _histories(runs: list[Path]) -> dict[str, list[dict]]:
-    from vmd import history
+    from vmd.runtime import history
 
     found = {}
     short = [run.resolve().name for run in runs]

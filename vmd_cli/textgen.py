@@ -13,7 +13,7 @@ from rich.live import Live
 from rich.rule import Rule
 from rich.text import Text
 
-from vmd.errors import DataError
+from vmd.runtime.errors import DataError
 from vmd_cli.common import load_any, model_label
 from vmd_cli.console import err, fail, out
 

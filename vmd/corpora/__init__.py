@@ -11,7 +11,7 @@ import hashlib
 from importlib import resources
 from pathlib import Path
 
-from vmd.errors import DataError
+from vmd.runtime.errors import DataError
 
 # name -> (file, sha256)
 BUNDLED = {"tinyshakespeare": ("tinyshakespeare.txt",

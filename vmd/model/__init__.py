@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from vmd.config import Config
-from vmd.errors import ConfigError
+from vmd.runtime.errors import ConfigError
 from vmd.model.blocks import KVCache, training_mask, window_mask
 from vmd.model.blocks import positions as block_positions
 from vmd.model.latent import Categorical, ConditionalPrior, Encoder, PointMass, StandardNormal

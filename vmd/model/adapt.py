@@ -17,7 +17,7 @@ import re
 import torch
 from torch import nn
 
-from vmd.errors import CheckpointError
+from vmd.runtime.errors import CheckpointError
 
 _NORM = re.compile(r"trunk\.blocks\.(\d+)\.norm([12])\.(weight|bias)")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from vmd.errors import CheckpointError
+from vmd.runtime.errors import CheckpointError
 
 BUNDLED = ("sudoku-vmd", "sudoku-mdm", "shakespeare-block4", "shakespeare-block4-k1", "shakespeare-bd3-block4",
            "shakespeare-ar")

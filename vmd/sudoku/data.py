@@ -27,9 +27,9 @@ from typing import Callable
 
 import torch
 
-from vmd.cache import cache_dir, read_checked, write_checked
-from vmd.cache import check_writable as _check_writable
-from vmd.errors import DataError
+from vmd.runtime.cache import cache_dir, read_checked, write_checked
+from vmd.runtime.cache import check_writable as _check_writable
+from vmd.runtime.errors import DataError
 from vmd.sudoku.grid import Puzzle, read_puzzles, solved_mask
 from vmd.sudoku.solver import make_puzzle, random_solution
 

@@ -28,7 +28,7 @@ from typing import Iterable, Iterator, TextIO
 
 import torch
 
-from vmd.errors import DataError
+from vmd.runtime.errors import DataError
 
 BLANKS = frozenset(".0_*Xx")
 BORDER = frozenset("-=+*|")

@@ -6,7 +6,7 @@ a cap: ``empty`` (no givens), ``two`` (exactly 2), ``few`` (10 to 100), ``many``
 1,000). A puzzle is made from a random complete grid by blanking cells in random order while the
 count stays at or below the set's upper end, until it reaches the lower end; a blank that would
 overshoot is put back and the next cell tried. Sets are deterministic in (name, n, seed), made
-in chunks of their own seeds, and cached like the other sets (vmd/cache.py: settings and a
+in chunks of their own seeds, and cached like the other sets (vmd/runtime/cache.py: settings and a
 checksum in the file, checked before use).
 """
 
@@ -18,8 +18,8 @@ from typing import Callable
 
 import torch
 
-from vmd.cache import cache_dir, check_writable, read_checked, write_checked
-from vmd.errors import DataError
+from vmd.runtime.cache import cache_dir, check_writable, read_checked, write_checked
+from vmd.runtime.errors import DataError
 from vmd.sudoku.solver import count_solutions, random_solution
 
 # name -> (fewest solutions, most solutions or None for no upper end): what the set's counts promise

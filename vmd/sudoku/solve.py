@@ -68,7 +68,7 @@ def solving_workers(device, batches: int, workers: int | None = None):
     every op split over all threads: the model's ops are small (a batch of 64 puzzles is 5184
     rows of width 96), so a split op spends a share of its time starting and joining threads,
     and the sampler's steps between denoiser calls run on one thread anyway. On the 2-core Xeon,
-    bundled models, 256 easy puzzles at NFE 10, with freed memory kept mapped (vmd/allocator.py,
+    bundled models, 256 easy puzzles at NFE 10, with freed memory kept mapped (vmd/runtime/allocator.py,
     as the ``vmd`` command does; without it the workers' page faults can eat the VMD's gain):
     MDM 1.07x, VMD 1.08x the puzzles/s (docs/sudoku-history.md). Torch ops release the GIL, so
     Python threads suffice. torch's thread count is lowered for the whole process while they

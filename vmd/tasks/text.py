@@ -36,7 +36,7 @@ import torch
 
 import vmd
 from vmd.config import TaskConfig
-from vmd.errors import DataError, shown
+from vmd.runtime.errors import DataError, shown
 from vmd.corpora import bundled_corpus
 from vmd.tasks import text8
 from vmd.tasks.tokenizers import CharTokenizer, PieceTokenizer, UnknownChar, describe, from_state

@@ -1,6 +1,6 @@
 """text8 (Mahoney): 10^8 characters of English Wikipedia in 27 characters (' ' and a-z).
 
-Downloaded once from its canonical address into ``<cache>/text8/text8.zip`` (see ``vmd.cache``),
+Downloaded once from its canonical address into ``<cache>/text8/text8.zip`` (see ``vmd.runtime.cache``),
 streamed to a temporary name and renamed only after its size and SHA-1 match the published
 ones, so a failed or altered download leaves nothing behind. A ``text8.zip`` put there by hand
 is checked the same way and used. The standard splits, first 90M characters train, next 5M
@@ -20,8 +20,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from vmd.cache import CACHE_HINT, cache_dir, check_writable, read_checked, write_checked
-from vmd.errors import DataError
+from vmd.runtime.cache import CACHE_HINT, cache_dir, check_writable, read_checked, write_checked
+from vmd.runtime.errors import DataError
 from vmd.tasks.tokenizers import CharTokenizer, UnknownChar, describe
 
 URL = "http://mattmahoney.net/dc/text8.zip"

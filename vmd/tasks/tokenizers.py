@@ -15,7 +15,7 @@ import re
 
 import numpy as np
 
-from vmd.errors import DataError
+from vmd.runtime.errors import DataError
 
 CHUNK = 1 << 16  # characters per piece of text handed to sentencepiece at once (training and encoding)
 SPACE = "\u2581"  # sentencepiece's visible space

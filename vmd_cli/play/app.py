@@ -10,7 +10,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Static
 
-from vmd.errors import DataError
+from vmd.runtime.errors import DataError
 from vmd.sudoku.grid import Puzzle, parse
 
 class HelpScreen(ModalScreen):

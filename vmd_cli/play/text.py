@@ -16,7 +16,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Label, Static
 
-from vmd.errors import DataError
+from vmd.runtime.errors import DataError
 from vmd_cli.common import load_any, model_label, task_label
 from vmd_cli.console import fail
 from vmd_cli.play.playback import SPEED_BINDINGS, STEP_BINDINGS, Playback

@@ -6,12 +6,12 @@
     RUN_DIR/meta.json                step, metrics, versions
 
 Each file is written to a temporary name, flushed and renamed over the old one, so an
-interrupted write leaves the previous file whole (vmd/atomic.py); a write that fails (a full
+interrupted write leaves the previous file whole (vmd/runtime/atomic.py); a write that fails (a full
 disk) is one CheckpointError line naming the file. Each .safetensors file carries its own
 step, config and run id, so it is consistent by itself, and the files of one run can be
 told from another's. Nothing here unpickles: loading never runs code from the file.
 
-Each file is checked by itself (vmd/checkpoint_file.py: its header, the model of its config built
+Each file is checked by itself (vmd/checkpoint/file.py: its header, the model of its config built
 within the memory its weights need, its values), and here against the other files of its run.
 """
 
@@ -31,10 +31,10 @@ from safetensors.torch import save as st_save
 
 import vmd
 from vmd import config as C
-from vmd.atomic import atomic_write
-from vmd.checkpoint_file import (FORMAT, RUN_ID, Header, build_checked, check_optimizer, check_rng, generator_fits,
+from vmd.runtime.atomic import atomic_write
+from vmd.checkpoint.file import (FORMAT, RUN_ID, Header, build_checked, check_optimizer, check_rng, generator_fits,
                                  match_shapes, part, read_header, read_tensors, regular_or_absent)
-from vmd.errors import CheckpointError, ConfigError, shown
+from vmd.runtime.errors import CheckpointError, ConfigError, shown
 from vmd.model.adapt import load_weights
 
 MODEL_FILE, STATE_FILE, META_FILE, CONFIG_FILE = "model.safetensors", "train_state.safetensors", "meta.json", "config.yaml"

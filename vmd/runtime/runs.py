@@ -13,13 +13,14 @@ from typing import Callable
 
 import torch
 
-from vmd import checkpoint, config as C, distributed, history
-from vmd.atomic import clean_stale_temps, is_temp_name
+from vmd import checkpoint, config as C
+from vmd.runtime import distributed, history
+from vmd.runtime.atomic import clean_stale_temps, is_temp_name
 from vmd.config import Config
-from vmd.devices import resolve_device
+from vmd.runtime.devices import resolve_device
 from vmd.diffusion import METRICS
-from vmd.errors import CheckpointError, ConfigError, shown
-from vmd.runlock import LOCK_FILE, RunLock, ensure_run_dir
+from vmd.runtime.errors import CheckpointError, ConfigError, shown
+from vmd.runtime.runlock import LOCK_FILE, RunLock, ensure_run_dir
 
 
 def _join(cfg: Config) -> distributed.World:

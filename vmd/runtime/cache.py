@@ -11,8 +11,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from vmd.atomic import atomic_write
-from vmd.errors import DataError
+from vmd.runtime.atomic import atomic_write
+from vmd.runtime.errors import DataError
 
 CACHE_HINT = "set VMD_CACHE_DIR to a writable directory"
 

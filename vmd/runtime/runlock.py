@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from vmd.errors import CheckpointError
+from vmd.runtime.errors import CheckpointError
 
 LOCK_FILE = ".lock"
 

@@ -21,7 +21,7 @@ from safetensors import safe_open
 from torch.overrides import TorchFunctionMode
 
 from vmd import config as C
-from vmd.errors import CheckpointError, ConfigError
+from vmd.runtime.errors import CheckpointError, ConfigError
 
 FORMAT = "vmd-run-1"
 RUN_ID = re.compile(r"[\w-]{1,64}")

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from vmd.errors import ConfigError, VmdError
+from vmd.runtime.errors import ConfigError, VmdError
 
 ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 DATA_TIMEOUT = datetime.timedelta(hours=6)  # a first download or puzzle pool may take long; device.timeout is for steps
@@ -129,7 +129,7 @@ class World:
 
 
 def _errors() -> dict[str, type]:
-    from vmd import errors
+    from vmd.runtime import errors
     return {name: cls for name, cls in vars(errors).items() if isinstance(cls, type) and issubclass(cls, VmdError)}
 
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vmd.atomic import atomic_write
-from vmd.errors import CheckpointError
-from vmd.runlock import os_reason
+from vmd.runtime.atomic import atomic_write
+from vmd.runtime.errors import CheckpointError
+from vmd.runtime.runlock import os_reason
 
 HISTORY_FILE = "metrics.jsonl"
 
