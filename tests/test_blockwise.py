@@ -109,7 +109,7 @@ def test_rotary_models_slide_past_their_length_and_learned_positions_refuse():
     for x, y in zip(cache_seen, ref_seen):
         torch.testing.assert_close(x, y, rtol=0, atol=1e-5)
     learned = model_for(**{"model.positions": "learned"})
-    with pytest.raises(ConfigError, match="learned for 16 tokens"):
+    with pytest.raises(ConfigError, match="past this model.s 16 learned positions"):
         generate_blocks(learned, 1, LENGTH + 4, steps_per_block=1)
 
 
@@ -123,8 +123,8 @@ def test_a_long_prompt_is_committed_through_the_window():
 
 
 @pytest.mark.parametrize("kw,words", [
-    (dict(steps_per_block=0), "between 1 and the block size"),
-    (dict(steps_per_block=5), "between 1 and the block size"),
+    (dict(steps_per_block=0), "between 1 and the model's block size"),
+    (dict(steps_per_block=5), "between 1 and the model's block size"),
     (dict(steps_per_block=1, prompt=torch.arange(LENGTH + 1) % VOCAB), "more than the length"),
 ])
 def test_bad_settings_are_errors(kw, words):

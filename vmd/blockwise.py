@@ -91,6 +91,32 @@ class BlockView:
         return select_rows(self.model.encode(w, flags.bool()), rows)
 
 
+MAX_LENGTH = 1_000_000  # tokens a sample may have: bounds the memory a length can ask for
+
+
+def check_generation(model, length: int, steps_per_block: int, prompt_tokens: int = 0) -> None:
+    """A generation's numbers against the model, before any work: a ``ConfigError`` naming the first
+    that does not fit. ``generate_blocks`` runs it; ``vmd sample``, ``vmd eval`` and ``vmd play`` run
+    it first, so that their error is this one line."""
+    bs = model.block_size
+    if length < 1:
+        raise ConfigError(f"the length must be at least 1 token, got {length}")
+    if length > MAX_LENGTH:
+        raise ConfigError(f"a length of {length:,} is more than the {MAX_LENGTH:,} tokens a sample may have (each "
+                          "sample's tokens are held in memory from the start)")
+    if not 1 <= steps_per_block <= bs:
+        raise ConfigError(f"steps per block must be between 1 and the model's block size, {bs}, got {steps_per_block}"
+                          + (" (a one-block model: its steps over the whole sequence)" if model.blocks == 1 else ""))
+    if prompt_tokens > length:
+        raise ConfigError(f"the prompt has {prompt_tokens} tokens, more than the length asked for ({length})")
+    if model.blocks == 1 and length > model.length:
+        raise ConfigError(f"a one-block model (MDM) makes sequences of its length, {model.length} tokens: a length "
+                          f"of {length} is out of its reach")
+    if length > model.length and not model.trunk.rotary:
+        raise ConfigError(f"a length of {length} is past this model's {model.length} learned positions (a model "
+                          "trained with model.positions: rotary slides past its length)")
+
+
 @torch.no_grad()
 def generate_blocks(model, n: int, length: int, *, steps_per_block: int, prompt: torch.Tensor | None = None,
                     strategy: str = "random", temperature: float = 1.0, z_policy: str = "once",
@@ -106,13 +132,7 @@ def generate_blocks(model, n: int, length: int, *, steps_per_block: int, prompt:
     bs = model.block_size
     prompt = torch.zeros(0, dtype=torch.long) if prompt is None else prompt.long().reshape(-1)
     p = prompt.numel()
-    if not 1 <= steps_per_block <= bs:
-        raise ConfigError(f"steps per block must be between 1 and the block size ({bs}), got {steps_per_block}")
-    if p > length:
-        raise ConfigError(f"the prompt has {p} tokens, more than the length asked for ({length})")
-    if model.blocks == 1 and length > model.length:
-        raise ConfigError(f"a one-block model (MDM) makes sequences of its length, {model.length} tokens: "
-                          f"--length {length} is out of its reach")
+    check_generation(model, length, steps_per_block, p)
     total = model.length if model.blocks == 1 else -(-length // bs) * bs
     model.reach(total)
     x = torch.full((n, total), model.mask_id, dtype=torch.long, device=device)

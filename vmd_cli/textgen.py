@@ -13,12 +13,12 @@ from rich.live import Live
 from rich.rule import Rule
 from rich.text import Text
 
+from vmd.blockwise import MAX_LENGTH, check_generation, generate_blocks
 from vmd.runtime.errors import DataError
 from vmd_cli.common import load_any, model_label
 from vmd_cli.console import err, fail, out
 
 DEFAULT_TEXT_MODEL = "shakespeare-block4"
-MAX_LENGTH = 1_000_000  # tokens a sample may have: bounds the memory a --length can ask for
 
 
 def read_prompt(prompt: Optional[str], prompt_file: Optional[Path]) -> str:
@@ -44,36 +44,15 @@ def read_prompt(prompt: Optional[str], prompt_file: Optional[Path]) -> str:
         fail(f"{prompt_file} is not UTF-8 text (byte offset {e.start})")
 
 
-def check_options(model, length: int, steps: int, prompt_tokens: int) -> None:
-    """The user's numbers against the model, before any work: one line each."""
-    bs = model.block_size
-    if length < 1:
-        fail(f"--length must be >= 1, got {length}")
-    if length > MAX_LENGTH:
-        fail(f"--length {length:,} is more than the {MAX_LENGTH:,} tokens a sample may have (each sample's tokens are "
-             "held in memory from the start)")
-    if not 1 <= steps <= bs:
-        fail(f"--steps-per-block must be between 1 and the model's block size, {bs}, got {steps}"
-             + (" (a one-block model: its steps over the whole sequence)" if model.blocks == 1 else ""))
-    if prompt_tokens > length:
-        fail(f"the prompt has {prompt_tokens} tokens, longer than --length {length}")
-    if model.blocks == 1 and length > model.length:
-        fail(f"this model has one block (an MDM): it makes {model.length} tokens at most, not --length {length}")
-    if length > model.length and not model.trunk.rotary:
-        fail(f"--length {length} is past this model's {model.length} learned positions (a model trained with "
-             "model.positions: rotary slides past its length)")
-
-
 def sample_text(model, cfg, task, source: str, dev, *, n: int, length: Optional[int], steps: Optional[int],
                 prompt: str, sc, batch_size: int, cache: bool, fmt: str) -> None:
-    from vmd.blockwise import generate_blocks
     from vmd.rng import sample_generators
     from vmd.schedule import make_schedule
 
     length = model.length if length is None else length
     steps = min(sc.nfe, model.block_size) if steps is None else steps
     ids = task.encode_prompt(prompt)
-    check_options(model, length, steps, ids.numel())
+    check_generation(model, length, steps, ids.numel())
     if batch_size < 1 or n < 1:
         fail("-n and --batch-size must be >= 1")
     schedule = make_schedule(cfg.diffusion.schedule)
@@ -174,7 +153,7 @@ def eval_quality(model, cfg, step, dev, task, source: str, *, samples: int, step
 
     steps_list = steps_list or [k for k in (1, 2, 4) if k <= model.block_size]
     for k in steps_list:
-        check_options(model, model.length, k, 0)
+        check_generation(model, model.length, k)
     judge, judge_name = load_judge(judge_source, task, dev, model.length)
     if judge is not None and judge.length != model.length:
         fail(f"the judge reads {judge.length} tokens, this model makes {model.length}")

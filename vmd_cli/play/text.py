@@ -16,7 +16,8 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Label, Static
 
-from vmd.runtime.errors import DataError
+from vmd.blockwise import check_generation, generate_blocks
+from vmd.runtime.errors import ConfigError, DataError
 from vmd_cli.common import load_any, model_label, task_label
 from vmd_cli.console import fail
 from vmd_cli.play.playback import SPEED_BINDINGS, STEP_BINDINGS, Playback
@@ -83,7 +84,6 @@ class TextSettings:
 
 def trace_text(model, prefix: torch.Tensor, s: TextSettings, seed: int, schedule) -> list[Frame]:
     """Every step of one sample after ``prefix`` (1-D ids), the frame before the first step included."""
-    from vmd.blockwise import generate_blocks
     from vmd.rng import sample_generators
 
     bs = model.block_size
@@ -138,7 +138,6 @@ def build_text_app(bd3: Optional[str] = None, vmd: Optional[str] = None, prompt:
     """The app on its text screen; the options are checked against both models before it starts."""
     from vmd.schedule import make_schedule
     from vmd_cli.play.app import PlayApp
-    from vmd_cli.textgen import check_options
 
     right = load_text_model(vmd, DEFAULT_VMD)  # first: --vmd sudoku-mdm is refused whatever the left one is
     left = load_text_model(bd3, DEFAULT_BD3)
@@ -151,7 +150,7 @@ def build_text_app(bd3: Optional[str] = None, vmd: Optional[str] = None, prompt:
     steps = min(sc.nfe, left[0].block_size, right[0].block_size) if steps_per_block is None else steps_per_block
     ids = right[2].encode_prompt(prompt)
     for model, *_ in (left, right):
-        check_options(model, length, steps, ids.numel())
+        check_generation(model, length, steps, ids.numel())
     settings = TextSettings(prompt, length, steps, seed, strategy or sc.strategy, sc.temperature, sc.z_policy)
     sides = [TextSide(title, model, make_schedule(cfg.diffusion.schedule)) for model, cfg, _, title in (left, right)]
     return PlayApp(lambda: TextScreen(sides[0], sides[1], right[2], settings))
@@ -319,11 +318,10 @@ class TextScreen(Playback, Screen):
         prompt = event.value.replace("\\n", "\n")  # the field is one line: a newline is typed as \n
         try:
             ids = self.text_task.encode_prompt(prompt)
-        except DataError as e:
+            for side in self.sides.values():
+                check_generation(side.model, self.settings.length, self.settings.steps, ids.numel())
+        except (DataError, ConfigError) as e:
             self.show_error(str(e))
-            return
-        if ids.numel() > self.settings.length:
-            self.show_error(f"the prompt has {ids.numel()} tokens, more than the length ({self.settings.length})")
             return
         self.show_error("")
         self.set_focus(None)
