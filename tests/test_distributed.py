@@ -1,7 +1,9 @@
 """Data parallel training with torchrun and gloo on the CPU: two processes of half the batch each
 train the same steps as one process that takes the whole batch in two passes; a run moves between
 one process and two through --resume; SIGTERM to the launcher leaves a checkpoint of one step that
-every rank contributed to; bad input is one line."""
+every rank contributed to and exits 143; bad input is one line and exit 2; a rank killed by
+SIGKILL ends the job in seconds, exit 137. The launcher is ``python -m vmd_cli.torchrun``
+(torchrun's own launcher, ending as schedulers expect)."""
 
 import json
 import os
@@ -18,6 +20,7 @@ from tests.test_cli import assert_one_line
 from tests.test_text_train import CORPUS
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+LAUNCH = [sys.executable, "-m", "vmd_cli.torchrun", "--standalone"]
 
 
 def tiny_text(tmp_path, steps: int) -> list[str]:
@@ -33,8 +36,7 @@ def tiny_text(tmp_path, steps: int) -> list[str]:
 
 def vmd(*args, procs: int = 1, **kwargs):
     """``vmd ARGS`` as one process, or under torchrun as ``procs`` (gloo on the CPU)."""
-    launch = [sys.executable, "-m", "vmd_cli"] if procs == 1 else \
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}", "-m", "vmd_cli"]
+    launch = [sys.executable, "-m", "vmd_cli"] if procs == 1 else LAUNCH + [f"--nproc_per_node={procs}"]
     return subprocess.run([*launch, *map(str, args)], capture_output=True, text=True, env=ENV, timeout=240, **kwargs)
 
 
@@ -99,14 +101,12 @@ def test_sigterm_to_the_launcher_leaves_a_checkpoint_every_rank_agrees_on(tmp_pa
     run = tmp_path / "run"
     args = [*tiny_text(tmp_path, 100000), "--set", "train.checkpoint_every=100000", "--set", "train.eval_every=0",
             "--out", run]
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "vmd_cli",
-              "train", *args]
-    proc = subprocess.Popen(launch, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    deadline = time.time() + 120
-    while not ((run / "metrics.jsonl").exists() and len(history(run)) >= 2) and time.time() < deadline:
-        time.sleep(0.2)
+    proc = subprocess.Popen(LAUNCH + ["--nproc_per_node=2", "train", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+    wait_for_steps(run)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "Traceback" not in err, err  # what a scheduler requeues on
     assert "SIGTERM at step" in err and "continue with: vmd train --resume" in err, err
     meta = json.loads((run / "meta.json").read_text())
     st = state(run)
@@ -118,9 +118,34 @@ def test_sigterm_to_the_launcher_leaves_a_checkpoint_every_rank_agrees_on(tmp_pa
     assert history(run)[-1]["step"] == step + 2
 
 
+def wait_for_steps(run, deadline_s: float = 120):
+    deadline = time.time() + deadline_s
+    while not ((run / "metrics.jsonl").exists() and len(history(run)) >= 2) and time.time() < deadline:
+        time.sleep(0.2)
+
+
+def test_a_rank_killed_by_sigkill_ends_the_job_in_seconds(tmp_path):
+    run = tmp_path / "run"
+    args = [*tiny_text(tmp_path, 100000), "--set", "train.checkpoint_every=100000", "--set", "train.eval_every=0",
+            "--out", run]
+    proc = subprocess.Popen(LAUNCH + ["--nproc_per_node=2", "train", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+    wait_for_steps(run)
+    ranks = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert len(ranks) == 2, ranks
+    t0 = time.time()
+    os.kill(int(max(ranks, key=int)), signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert time.time() - t0 < 30 and proc.returncode == 137, err
+    assert "was killed by SIGKILL" in err and "Traceback" not in err, err
+
+
 def test_bad_distributed_input_is_one_line(tmp_path):
     r = vmd("train", *tiny_text(tmp_path, 4), "--set", "train.batch_size=9", "--out", tmp_path / "odd", procs=2)
-    assert r.returncode != 0 and r.stderr.count("must divide into 2 process(es)") == 1, r.stderr
+    assert r.returncode == 2 and r.stderr.count("must divide into 2 process(es)") == 1, r.stderr
+    assert "Traceback" not in r.stderr and "ChildFailedError" not in r.stderr, r.stderr
+    r = vmd("bogus", procs=2)
+    assert r.returncode == 2 and "a vmd command (train, " in r.stderr, r.stderr
     assert not (tmp_path / "odd").exists()
     alone = {**ENV, "RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29581"}
     t0 = time.time()

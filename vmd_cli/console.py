@@ -8,6 +8,7 @@ import errno
 import functools
 import json
 import os
+import re
 import sys
 
 import typer
@@ -17,6 +18,10 @@ from rich.table import Table
 
 from vmd.runtime.distributed import RankError, env_rank, launched
 from vmd.runtime.errors import VmdError
+
+
+# how gloo and NCCL say that the other side of a collective has gone
+_LOST_PEER = re.compile(r"Connection (reset|closed) by peer|Broken pipe|remote process exited|NCCL communicator was aborted")
 
 
 class _Out(Console):
@@ -63,6 +68,14 @@ def friendly(fn):
             term = isinstance(e, Terminated)
             err.print("terminated" if term else "interrupted")
             raise typer.Exit(143 if term else 130)
+        except RuntimeError as e:
+            lost = _LOST_PEER.search(str(e)) if launched() else None
+            if lost is None:
+                raise
+            # another process died (killed, out of memory): this one's collective broke; that one is the cause
+            print_error(f"rank {env_rank()}: lost contact with another process, which stopped first "
+                        f"({lost.group(0)})", Console(stderr=True))
+            raise typer.Exit(2)
         except OSError as e:
             if e.errno == errno.EPIPE:  # the reader went away (`vmd sample ... | head`): done, quietly
                 with contextlib.suppress(OSError):  # no flush of what is left at exit, no 'Exception ignored'

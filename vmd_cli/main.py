@@ -28,7 +28,7 @@ from vmd_cli import play, plot, sudoku  # noqa: F401  (they register vmd play, v
              "  vmd train --resume runs/d1 --set train.steps=6000\n\n"
              "  vmd train --preset sudoku-vmd-tiny --set train.init_from=sudoku-mdm\n\n"
              "  vmd train --preset shakespeare-mdm --profile 10   # a trace in RUN/profile\n\n"
-             "  torchrun --nproc_per_node 8 -m vmd_cli train --preset text8-block4   # data parallel\n\n"
+             "  python -m vmd_cli.torchrun --standalone --nproc_per_node 8 train --preset text8-block4   # data parallel\n\n"
              "train.batch_size is the global batch: under torchrun each of N processes takes 1/N of it, "
              "with its own data stream; rank 0 writes the run (docs/distributed.md).")
 @friendly
