@@ -54,10 +54,11 @@ def refuse_occupied(run_dir: Path) -> None:
     except OSError as e:
         raise CheckpointError(f"cannot read the folder {run_dir}: {e.strerror or e}") from None
     if others:
+        free = next(name for name in (f"run-{i}" if i else "run" for i in range(len(others) + 1)) if name not in others)
         listed = ", ".join(shown(name, 40) for name in others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
         raise CheckpointError(f"{run_dir} is not empty (it holds {listed}): a new run needs a new or empty folder, so "
                               f"that none of its files replaces one of yours; choose another --out, or a folder inside "
-                              f"this one (e.g. --out {run_dir / 'run'})")
+                              f"this one (e.g. --out {run_dir / free})")
 
 
 def create(cls, cfg: Config, run_dir: Path, callback=None):
