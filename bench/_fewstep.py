@@ -15,7 +15,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 
 from _docs import made_by as _made_by
 from _textgen import quality

@@ -87,7 +87,7 @@ def main() -> None:
         src = run_dir / checkpoint.MODEL_FILE
         dst = ROOT / "vmd" / "models" / f"{name}.safetensors"
         checkpoint.export_model(src, dst, half=args.half or src.stat().st_size / 2**20 > LIMIT_MB)
-        dtype = "fp16" if stored_half(dst) else "fp32"  # also fp16 where the run's own file is (bench/gpu_session.py)
+        dtype = "fp16" if stored_half(dst) else "fp32"  # also fp16 where the run's own file is (gpu_session.py sudoku)
         size = dst.stat().st_size / 2**20
         shift = logit_change(model, dst)
         meta = checkpoint.read_meta(run_dir)

@@ -1,10 +1,9 @@
-"""One prepared run for a lent GPU, text: train the text presets (BD3 and block VMD, blocks of 4,
-12 x 768, bf16) within a time budget, score their BPC, time the KV cache, and leave a small
-summary to fetch. The Sudoku sibling is bench/gpu_session.py; this shares its probe and fit.
+"""`gpu_session.py text`: train the text presets (BD3 and block VMD, blocks of 4, 12 x 768, bf16)
+within a time budget, score their BPC, time the KV cache, and leave a small summary to fetch.
 
     export PYTHONPATH=. VMD_CACHE_DIR=.device-cache
-    python bench/gpu_text.py --minutes 4 --text-file .device-cache/tinyshakespeare.txt --out "$OUT"
-    python bench/gpu_text.py --device cpu --minutes 0.3 --text-file ../shared/data/tinyshakespeare.txt \\
+    python bench/gpu_session.py text --minutes 4 --text-file .device-cache/tinyshakespeare.txt --out "$OUT"
+    python bench/gpu_session.py text --device cpu --minutes 0.3 --text-file ../shared/data/tinyshakespeare.txt \\
         --set model.dim=64 --set model.layers=2 --set model.heads=4 --set train.batch_size=8 --out /tmp/smoke
 
 Corpus: text8 where the data cache (VMD_CACHE_DIR) holds its zip or its cached splits, else the
@@ -14,46 +13,43 @@ names, so the file must lie in a carried, git-ignored folder such as .device-cac
 The presets train one after the other, not side by side as the Sudoku ones do: one 12 x 768
 model at batch 512 x 256 tokens fills the GPU alone, so side by side each would get a share of
 it and its tokens/s would measure that share. Each gets half of --minutes (time the first leaves
-goes to the second): a probe of its own steps (gpu_session.probe_rate), then a fresh run of as
-many steps as fit (gpu_session.fit_steps: its cosine schedule ends on time), saved once at the
-end. Tokens/s = steps x batch_size x task.length / training seconds (saves left out); where the
-trainer logs tokens_per_s and matmul_share in metrics.jsonl, their medians are reported too.
+goes to the second) in gpu_session.train_until: a probe of its own steps (the batch halved if it
+runs out of GPU memory), then a fresh run of as many steps as fit (its cosine schedule ends on
+time), saved once at the end, without validation. Tokens/s = steps x batch_size x task.length /
+training seconds (saves left out); where the trainer logs tokens_per_s and matmul_share in
+metrics.jsonl, their medians are reported too.
 Then each model (its EMA weights, fp32 as `vmd eval` runs it) is scored: the NELBO of the first
 --eval-sequences of the test split in bits per character; and block-by-block generation of
 --gen-batch samples of the model's length is timed with the KV cache and without (prefix
 recomputed), at 1 and 4 steps per block, the cases taking turns over --rounds rounds, medians,
 the device synchronised around each. gpu-text.json and gpu-text.md under --out are rewritten
-after each stage, so a run cut short still brings back what it finished. No model files: 85M
-parameters would not be small.
+after each stage (gpu_session.stage), so a run cut short still brings back what it finished. No
+model files: 85M parameters would not be small.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import gc
+import functools
 import json
 import platform
 import statistics
 import sys
 import time
-import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from gpu_session import fit_steps, probe_rate, sync  # bench/gpu_session.py
+from _gpu_common import ROOT, stage, sync, train_until  # the shared machinery
 from vmd import checkpoint, config as C
-from vmd.runtime import history
 from vmd.blockwise import generate_blocks
 from vmd.rng import sample_generators
 from vmd.runtime.errors import ConfigError, VmdError
 from vmd.evaluate import latent_stats, likelihood, mixture_stats
 from vmd.tasks import text8
-from vmd.train import Trainer, resolve_device
+from vmd.train import resolve_device
 
-ROOT = Path(__file__).resolve().parent.parent
 PRESETS = "text8-bd3-block4,text8-block4"
 
 
@@ -83,63 +79,9 @@ def label(cfg: C.Config) -> str:
     return f"{'block VMD' if cfg.method == 'vmd' else 'BD3'} block {cfg.model.block_size}"
 
 
-def logged_medians(run_dir: Path) -> dict:
-    """Medians of tokens_per_s and matmul_share over the run's metrics.jsonl lines that have them
-    (the first line left out where there are more: it holds the warm-up)."""
-    rows = history.read(run_dir)
-    rows = rows[1:] if len(rows) > 1 else rows
-    return {k: statistics.median(r[k] for r in rows if k in r) for k in ("tokens_per_s", "matmul_share")
-            if any(k in r for r in rows)}
-
-
-def probe_fitting(cfg: C.Config, probe_steps: int) -> tuple[C.Config, float, torch.device]:
-    """``probe_rate`` at the preset's batch, halved on running out of GPU memory (to an eighth at
-    most): an untried GPU's one session should come back with a number, the batch it ran at said."""
-    for _ in range(3):
-        try:
-            return (cfg, *probe_rate(cfg, probe_steps))
-        except torch.OutOfMemoryError:
-            pass
-        gc.collect()
-        torch.cuda.empty_cache()
-        print(f"out of GPU memory at batch {cfg.train.batch_size}; trying {cfg.train.batch_size // 2}", flush=True)
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=cfg.train.batch_size // 2))
-    return (cfg, *probe_rate(cfg, probe_steps))
-
-
-def train(preset: str, overrides: list[str], run_dir: Path, deadline: float, probe_steps: int) -> dict:
-    """Train ``preset`` into ``run_dir`` so that it ends by ``deadline`` (time.time()); its throughput."""
-    cfg = C.load(preset, overrides=overrides)
-    asked = cfg.train.batch_size
-    cfg, rate, device = probe_fitting(cfg, probe_steps)
-    cfg = fit_steps(cfg, rate, deadline - time.time() - 15)  # 15 s: building the run, its one save
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, checkpoint_every=cfg.train.steps, eval_every=0))
-    tokens = cfg.train.batch_size * cfg.task.length
-    print(f"{preset}: {rate:.2f} steps/s ({rate * tokens:,.0f} tokens/s) in the probe on {device}; training "
-          f"{cfg.train.steps} steps (warm-up {cfg.train.warmup_steps}, KL warm-up {cfg.latent.kl_warmup_steps})",
-          flush=True)
-
-    def report(p) -> None:
-        if p.step % max(1, p.total // 10) < cfg.train.log_every or p.step == p.total:
-            print(f"{preset}: step {p.step}/{p.total} loss {p.metrics['loss']:.4f} kl {p.metrics['latent_kl']:.4f} "
-                  f"{p.steps_per_s:.2f} steps/s", flush=True)
-
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    Trainer.create(cfg, run_dir, report).run()
-    meta = checkpoint.read_meta(run_dir)
-    seconds = float(meta["elapsed_s"])
-    out = {"label": label(cfg), "method": cfg.method, "run": str(run_dir), "parameters": meta.get("parameters"),
-           "precision": cfg.device.precision, "steps": cfg.train.steps, "batch_size": cfg.train.batch_size,
-           "length": cfg.task.length, "train_s": round(seconds, 2),
-           "tokens_per_s": round(cfg.train.steps * tokens / max(seconds, 1e-9), 1),
-           "probe_steps_per_s": round(rate, 3), "probe_tokens_per_s": round(rate * tokens, 1),
-           "final_train_metrics": meta.get("train_metrics", {}), "logged": logged_medians(run_dir)}
-    if cfg.train.batch_size != asked:
-        out["batch_size_asked"] = asked
-    if device.type == "cuda":
-        out["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-    return out
+def train(cfg: C.Config, preset: str, overrides: list[str], run_dir: Path, deadline: float, probe_steps: int) -> dict:
+    """``preset`` trained by ``deadline``, saved once (train_until); its throughput, labelled."""
+    return {"label": label(cfg), **train_until(preset, overrides, run_dir, deadline, probe_steps, save_once=True)}
 
 
 def score(run_dir: Path, device: torch.device, split: str, sequences: int, draws: int) -> dict:
@@ -195,7 +137,7 @@ def markdown(s: dict) -> str:
     lines = [f"# GPU text session ({s['when']})", "",
              f"Device: {s['gpu'] or s['device']} (torch {s['torch']}). Corpus: {s['corpus']}. Budget: "
              f"{s['minutes']} min of training for both presets, one after the other. Overrides: "
-             f"{' '.join(s['overrides']) or 'none'}. Made by `python bench/gpu_text.py`.", "",
+             f"{' '.join(s['overrides']) or 'none'}. Made by `python bench/gpu_session.py text`.", "",
              "| model | preset | params | precision | steps | batch x length | train s | tokens/s | probe tokens/s "
              "| logged tokens/s | matmul share | peak GiB | final loss |", "|---" * 13 + "|"]
     for preset, r in s["runs"].items():
@@ -233,24 +175,7 @@ def write(out: Path, s: dict) -> None:
     (out / "gpu-text.md").write_text(markdown(s))
 
 
-def stage(s: dict, out: Path, key: str, fn, *args):
-    """``fn(*args)``, its failure recorded in the summary (one line; the traceback on stderr), the
-    summary rewritten either way: one stage failing must not lose what the others found."""
-    t0 = time.perf_counter()
-    print(f"-- {key}", flush=True)
-    try:
-        return fn(*args)
-    except Exception as e:  # noqa: BLE001 - reported in gpu-text.json, then the exit code
-        traceback.print_exc()
-        s["errors"][key] = f"{type(e).__name__}: {e}".splitlines()[0][:500]
-        return None
-    finally:
-        s["seconds"][key] = round(time.perf_counter() - t0, 1)
-        write(out, s)
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--minutes", type=float, default=4.0, help="training time, both presets together [4]")
     ap.add_argument("--out", type=Path, required=True, help="where the summary goes (the device tool's $OUT)")
     ap.add_argument("--text-file", type=Path, help="the text to train on where text8 is not cached")
@@ -259,12 +184,14 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[],
                     help="override for both presets, e.g. train.batch_size=256")
     ap.add_argument("--device", default="auto", help="auto, cuda or cpu: training, scoring and generation [auto]")
-    ap.add_argument("--probe-steps", type=int, default=20)
+    ap.add_argument("--probe-steps", type=int, default=20, help="steps timed in each probe [20]")
     ap.add_argument("--eval-sequences", type=int, default=256, help="test sequences scored per model [256]")
     ap.add_argument("--draws", type=int, default=4, help="draws of the times per sequence [4]")
     ap.add_argument("--gen-batch", type=int, default=16, help="samples generated at once in the cache timing [16]")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of the cache timing [3]")
-    args = ap.parse_args()
+
+
+def run(args: argparse.Namespace, ap: argparse.ArgumentParser) -> None:
     presets = args.presets.split(",")
     if args.minutes <= 0 or min(args.probe_steps, args.eval_sequences, args.draws, args.gen_batch, args.rounds) < 1:
         ap.error("--minutes must be > 0 and --probe-steps, --eval-sequences, --draws, --gen-batch, --rounds >= 1")
@@ -288,28 +215,25 @@ def main() -> None:
          "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None, "torch": torch.__version__,
          "python": platform.python_version(), "corpus": what, "minutes": args.minutes, "overrides": overrides,
          "command": " ".join(sys.argv), "runs": {p: {} for p in presets}, "seconds": {}, "errors": {}}
+    save = functools.partial(write, args.out)
     print(f"corpus: {what}; device: {s['gpu'] or device}", flush=True)
     t0, share = time.time(), 60 * args.minutes / len(presets)
-    for i, preset in enumerate(presets):
-        r = stage(s, args.out, f"{preset} training", train, preset, overrides, runs / preset, t0 + share * (i + 1),
-                  args.probe_steps)
+    for i, (preset, cfg) in enumerate(zip(presets, cfgs)):
+        r = stage(s, save, f"{preset} training", train, cfg, preset, overrides, runs / preset,
+                  t0 + share * (i + 1), args.probe_steps)
         s["runs"][preset].update(r or {})
         if device.type == "cuda":
             torch.cuda.empty_cache()
     trained = [p for p in presets if checkpoint.has_checkpoint(runs / p)]
     for preset in trained:  # both scores before either timing: what matters most comes back first
-        found = stage(s, args.out, f"{preset} BPC", score, runs / preset, device, "test", args.eval_sequences,
+        found = stage(s, save, f"{preset} BPC", score, runs / preset, device, "test", args.eval_sequences,
                       args.draws)
         if found is not None:
             s["runs"][preset]["score"] = found
     for preset in trained:
-        s["runs"][preset]["cache"] = stage(s, args.out, f"{preset} cache", cache_speed, runs / preset, device,
+        s["runs"][preset]["cache"] = stage(s, save, f"{preset} cache", cache_speed, runs / preset, device,
                                            args.gen_batch, args.rounds) or []
-        write(args.out, s)
+        save(s)
     print(markdown(s), flush=True)
     if s["errors"]:
         raise SystemExit(1)
-
-
-if __name__ == "__main__":
-    main()
