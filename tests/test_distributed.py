@@ -97,13 +97,21 @@ def test_a_run_moves_between_one_process_and_two_through_resume(tmp_path):
     assert_same_training(ref, moved)
 
 
-def test_sigterm_to_the_launcher_leaves_a_checkpoint_every_rank_agrees_on(tmp_path):
-    run = tmp_path / "run"
+def long_run_under_way(tmp_path, run, deadline_s: float = 120) -> subprocess.Popen:
+    """Two ranks training a run of 100,000 steps (no checkpoint before a signal), past their first logs."""
     args = [*tiny_text(tmp_path, 100000), "--set", "train.checkpoint_every=100000", "--set", "train.eval_every=0",
             "--out", run]
     proc = subprocess.Popen(LAUNCH + ["--nproc_per_node=2", "train", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=ENV)
-    wait_for_steps(run)
+    deadline = time.time() + deadline_s
+    while not ((run / "metrics.jsonl").exists() and len(history(run)) >= 2) and time.time() < deadline:
+        time.sleep(0.2)
+    return proc
+
+
+def test_sigterm_to_the_launcher_leaves_a_checkpoint_every_rank_agrees_on(tmp_path):
+    run = tmp_path / "run"
+    proc = long_run_under_way(tmp_path, run)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143 and "Traceback" not in err, err  # what a scheduler requeues on
@@ -118,19 +126,9 @@ def test_sigterm_to_the_launcher_leaves_a_checkpoint_every_rank_agrees_on(tmp_pa
     assert history(run)[-1]["step"] == step + 2
 
 
-def wait_for_steps(run, deadline_s: float = 120):
-    deadline = time.time() + deadline_s
-    while not ((run / "metrics.jsonl").exists() and len(history(run)) >= 2) and time.time() < deadline:
-        time.sleep(0.2)
-
-
 def test_a_rank_killed_by_sigkill_ends_the_job_in_seconds(tmp_path):
     run = tmp_path / "run"
-    args = [*tiny_text(tmp_path, 100000), "--set", "train.checkpoint_every=100000", "--set", "train.eval_every=0",
-            "--out", run]
-    proc = subprocess.Popen(LAUNCH + ["--nproc_per_node=2", "train", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=ENV)
-    wait_for_steps(run)
+    proc = long_run_under_way(tmp_path, run)
     ranks = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
     assert len(ranks) == 2, ranks
     t0 = time.time()
