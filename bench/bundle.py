@@ -97,9 +97,10 @@ def main() -> None:
         rows[name] = (f"| {name} | {preset_of(run_dir, cfg)} | {step} | {sum(p.numel() for p in model.parameters()):,} | "
                       f"{meta.get('device', '?')} | {minutes:.0f} min | {size:.1f} MB | {dtype} | `{sha[:16]}...` |")
         print(f"{dst}: {size:.1f} MB ({dtype}), step {step}; largest logit change {shift:.2e}")
-    total = sum(p.stat().st_size for p in (ROOT / "vmd" / "models").glob("*.safetensors")) / 2**20
-    if total > LIMIT_MB:
-        raise SystemExit(f"the bundled models take {total:.1f} MB together, over the {LIMIT_MB} MB limit")
+    total_bytes = sum(p.stat().st_size for p in (ROOT / "vmd" / "models").glob("*.safetensors"))
+    total = total_bytes / 2**20
+    if total_bytes > LIMIT_MB * 10**6:  # the stricter reading of "MB": 25 million bytes (also under 25 MiB)
+        raise SystemExit(f"the bundled models take {total_bytes:,} bytes together, over the {LIMIT_MB} MB limit")
     lines = ["# Bundled models", "",
              "Models that ship inside the package as `vmd/models/NAME.safetensors`: the EMA weights of a `vmd train` "
              "run, with the resolved config, the step and the task's vocabulary in the file's header (no pickled "
@@ -112,7 +113,7 @@ def main() -> None:
                                                if getattr(args, s))
     lines += ["", f"Last bundled on {date.today()} by `{cmd}`; trained with torch {versions.get('torch', '?')} on this "
               f"repository's machine ({platform.machine()}, {torch.get_num_threads()} CPU threads visible here). "
-              f"Together {total:.1f} MB (limit {LIMIT_MB} MB). Accuracy: docs/results-sudoku.md; text: "
+              f"Together {total:.1f} MiB ({total_bytes / 1e6:.1f} million bytes; limit {LIMIT_MB} million). Accuracy: docs/results-sudoku.md; text: "
               "docs/results-text.md."]
     write_keeping_hand(page, "\n".join(lines) + "\n", HAND)
     print(f"wrote {page}")
