@@ -17,7 +17,6 @@ from vmd.runtime.distributed import leave
 from vmd_cli.common import (MODEL_HELP, LENGTH_HELP, STEPS_PER_BLOCK_HELP, app, check_z_policy, default_out, load_any,
                             model_label, parse_ints, sample_config, task_label)
 from vmd_cli.console import Terminated, err, fail, friendly, out, print_error, show_metrics, terminate
-from vmd_cli import play, plot, sudoku  # noqa: F401  (they register vmd play, vmd plot and vmd solve)
 
 
 @app.command(epilog="Examples:\n\n"
@@ -279,6 +278,8 @@ def sample(
     for line in task.format(x):
         out.print(line, highlight=False, soft_wrap=True)
 
+
+from vmd_cli import play, plot, sudoku  # noqa: E402,F401  (here: vmd --help lists train, eval, sample first)
 
 # Click's base error, whichever click this typer runs on (newer typers vendor their own)
 _USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")

@@ -1,17 +1,18 @@
-"""``python -m vmd_cli.torchrun [TORCHRUN OPTIONS] COMMAND [VMD OPTIONS]``: torchrun for vmd, ending
+"""``python -m vmd_cli.torchrun [TORCHRUN OPTIONS] train [TRAIN OPTIONS]``: torchrun for vmd, ending
 the way schedulers expect.
 
 torchrun itself ends a job stopped by SIGTERM with a ``SignalException`` traceback and exit 1, and
 follows every rank's error with a ``ChildFailedError`` traceback, so that a script requeueing on
 143 never does. This runs the same launcher (``torch.distributed.run``: every torchrun option,
-``--standalone``, ``--nnodes``, the rendezvous ones) on ``-m vmd_cli COMMAND ...`` and maps how it
+``--standalone``, ``--nnodes``, the rendezvous ones) on ``-m vmd_cli train ...`` and maps how it
 ended onto one exit code, the ranks' own lines being the message (torchrun's logs are off unless
 LOGLEVEL is set):
 
 - 0: every process finished;
 - 143 / 130: SIGTERM / SIGINT reached the launcher (or the ranks): they stopped after the same
   step and rank 0 saved it (``vmd train --resume`` continues);
-- 2: a rank's error, which that rank has printed in one line above;
+- 2: a rank's error, which that rank has printed in one line above, or the launcher's own (a
+  rendezvous that timed out), in one line;
 - 128 + N: a rank was killed by signal N (e.g. 137 for SIGKILL, the kernel's out-of-memory
   killer among others); the others are stopped by the launcher; one line says which rank;
 - any other code of a rank that failed otherwise, with one line naming it.
@@ -26,7 +27,7 @@ import sys
 
 from vmd_cli.console import print_error
 
-COMMANDS = ("train", "eval", "sample", "solve", "play", "plot")
+COMMANDS = ("train",)  # the one command that runs data parallel; the others would run once per rank
 
 
 def _signal_name(number: int) -> str:
@@ -63,13 +64,17 @@ def main(argv: list[str] | None = None) -> None:
 
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.strip().split("\n\n")[0] + "\n\nExample: python -m vmd_cli.torchrun --standalone "
+        print(__doc__.strip().split("\n\n")[0].replace("``", "") + "\n\nExample: python -m vmd_cli.torchrun --standalone "
               "--nproc_per_node 2 train --preset shakespeare-block4\n\nTORCHRUN OPTIONS: see torchrun --help.")
         sys.exit(0)
     args = parse_args(argv)
-    if args.module or args.no_python or args.training_script not in COMMANDS:
-        print_error(f"give torchrun's options, then a vmd command ({', '.join(COMMANDS)}) and its options; "
-                    f"got {args.training_script!r} where the command goes")
+    if args.module or args.no_python or args.run_path:
+        print_error("-m, --no-python and --run-path are set by this launcher: give torchrun's other options, then "
+                    "train and its options")
+        sys.exit(2)
+    if args.training_script not in COMMANDS:
+        print_error(f"give torchrun's options, then train and its options (the one command that runs on several "
+                    f"processes); got {args.training_script!r} where the command goes")
         sys.exit(2)
     args.training_script_args = [args.training_script, *args.training_script_args]
     args.training_script, args.module = "vmd_cli", True
@@ -79,6 +84,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(128 + int(e.sigval))
     except ChildFailedError as e:
         sys.exit(exit_code(e.failures))
+    except Exception as e:  # noqa: BLE001 - the launcher's own failure (a rendezvous that timed out, ...): one line
+        said = str(e).splitlines()[0] if str(e).strip() else "no message; LOGLEVEL=INFO shows its log"
+        print_error(f"the launcher stopped: {type(e).__name__} ({said})"[:400])
+        sys.exit(2)
     sys.exit(0)
 
 

@@ -1,0 +1,40 @@
+"""bench/sudoku_open.py, the generator benchmark, end to end at a tiny size with the bundled models:
+its measures are what they say (valid shares, distinct grids within the samples, the rarer
+solution at most half), and bad options are one line."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def bench(tmp_path, *args):
+    env = {**os.environ, "VMD_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "bench" / "sudoku_open.py"), *args], capture_output=True,
+                          text=True, env=env, timeout=600, cwd=tmp_path)
+
+
+def test_the_generator_bench_measures_valid_distinct_and_rarer(tmp_path):
+    out = tmp_path / "open.md"
+    r = bench(tmp_path, "--sets", "empty,two", "--puzzles", "2", "--samples", "6", "--nfe", "81", "--out", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads(out.with_suffix(".json").read_text())
+    assert [(row["set"], row["nfe"]) for row in rows] == [("empty", 81), ("two", 81)]
+    for row in rows:
+        assert 0 <= row["p"] <= 1
+        for model in ("MDM", "VMD"):
+            (m,) = row[model]  # one seed
+            assert 0 <= m["valid"] <= 1 and 0 <= m["distinct"] <= 6
+            assert (m["distinct"] > 0) == (m["valid"] > 0)
+            if row["set"] == "two":
+                assert m["distinct"] <= 2 and (m["rarer"] != m["rarer"] or 0 <= m["rarer"] <= 0.5)
+    page = out.read_text()
+    assert "| empty | 81 |" in page and "bundled sudoku-vmd" in page
+
+
+def test_bad_options_are_one_line(tmp_path):
+    r = bench(tmp_path, "--sets", "empty,lots")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "--sets of" in r.stderr.strip().splitlines()[-1]
