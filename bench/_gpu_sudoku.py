@@ -29,6 +29,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -55,7 +56,7 @@ def add_cache_arguments(ap: argparse.ArgumentParser) -> None:
 def add_session_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--minutes", type=float, default=5.0, help="training time, both presets at once [5]")
     ap.add_argument("--out", type=Path, help="where the results and the models go (the device tool's $OUT)")
-    ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "gpu", help="run directories [runs/gpu]")
+    ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "gpu", help="run directories go under RUNS/DATE-TIME, a new folder each session [runs/gpu]")
     add_cache_arguments(ap)
     ap.add_argument("--probe-steps", type=int, default=30, help="steps timed in each probe [30]")
     ap.add_argument("--device", default="auto", help="where bench/sudoku.py scores the models [auto]")
@@ -138,6 +139,7 @@ def run_session(args: argparse.Namespace, ap: argparse.ArgumentParser) -> None:
         ap.error("--out is required (the device tool's $OUT)")
     fill_cache(presets, args.overrides, counts)
     args.out.mkdir(parents=True, exist_ok=True)
+    args.runs = args.runs / datetime.now().strftime("%Y%m%d-%H%M%S")  # a rerun on the same machine starts afresh
     deadline = time.time() + 60 * args.minutes
     threads = str(max(1, (os.cpu_count() or 1) // len(presets)))  # the CPU's share of each: data, launches
     procs = [subprocess.Popen([sys.executable, str(common.SCRIPT), "sudoku", "--child", preset,

@@ -13,7 +13,7 @@ names, so the file must lie in a carried, git-ignored folder such as .device-cac
 The presets train one after the other, not side by side as the Sudoku ones do: one 12 x 768
 model at batch 512 x 256 tokens fills the GPU alone, so side by side each would get a share of
 it and its tokens/s would measure that share. Each gets half of --minutes (time the first leaves
-goes to the second) in gpu_session.train_until: a probe of its own steps (the batch halved if it
+goes to the second) in _gpu_common.train_until: a probe of its own steps (the batch halved if it
 runs out of GPU memory), then a fresh run of as many steps as fit (its cosine schedule ends on
 time), saved once at the end, without validation. Tokens/s = steps x batch_size x task.length /
 training seconds (saves left out); where the trainer logs tokens_per_s and matmul_share in
@@ -23,7 +23,7 @@ Then each model (its EMA weights, fp32 as `vmd eval` runs it) is scored: the NEL
 --gen-batch samples of the model's length is timed with the KV cache and without (prefix
 recomputed), at 1 and 4 steps per block, the cases taking turns over --rounds rounds, medians,
 the device synchronised around each. gpu-text.json and gpu-text.md under --out are rewritten
-after each stage (gpu_session.stage), so a run cut short still brings back what it finished. No
+after each stage (_gpu_common.stage), so a run cut short still brings back what it finished. No
 model files: 85M parameters would not be small.
 """
 

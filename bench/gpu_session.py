@@ -6,9 +6,9 @@
     python bench/gpu_session.py join DIR     # here, on a copy of what `sudoku` brought back: the runs
 
 `python bench/gpu_session.py COMMAND --help` tells each one's story; the machinery they share is
-bench/_gpu_common.py. The Sudoku stages (two small
-presets side by side, scored by bench/sudoku.py, fp16 models brought back) are bench/_gpu_sudoku.py,
-documented in docs/bundled-models.md; the text ones (two 12 x 768 presets one after the other,
+bench/_gpu_common.py. The Sudoku stages (two small presets side by side, scored by
+bench/sudoku.py, fp16 models brought back) are bench/_gpu_sudoku.py, documented in
+docs/bundled-models.md; the text ones (two 12 x 768 presets one after the other,
 BPC and KV-cache timing, a summary brought back) are bench/_gpu_text.py, in docs/gpu-session.md.
 
 A lent GPU comes with minutes, not hours (docs/bundled-models.md), and one command runs at most

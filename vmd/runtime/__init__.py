@@ -1,4 +1,4 @@
-"""Run plumbing: what a training or sampling run needs around the math, and nothing of the math.
+"""Run plumbing: what a training or sampling run needs around the math.
 
 Run directories and their lock (``runs``, ``runlock``), files written whole or not at all
 (``atomic``), checked caches (``cache``), the metrics log (``history``), stopping on signals
