@@ -7,7 +7,8 @@
 Copies each run's model.safetensors (EMA weights, config, step and the task's vocabulary in its
 header) to vmd/models/NAME.safetensors and writes docs/bundled-models.md: the preset the run
 matches, steps, parameters, device, training time, versions, file size and SHA-256 (the rows of
-models not given this time are kept). All bundled files together stay under the limit.
+models not given this time are kept). All bundled files together stay under the limit; a model
+bundled with fp16 weights stays fp16 when bundled again.
 A model whose fp32 file is over the size limit (the GPU presets' VMD: 10.6M parameters,
 40 MiB) is stored with fp16 weights instead, and says so; --half stores both that way.
 """
@@ -86,7 +87,9 @@ def main() -> None:
             raise SystemExit(f"{run_dir} is not a {kind} run")
         src = run_dir / checkpoint.MODEL_FILE
         dst = ROOT / "vmd" / "models" / f"{name}.safetensors"
-        checkpoint.export_model(src, dst, half=args.half or src.stat().st_size / 2**20 > LIMIT_MB)
+        # fp16 where asked, where fp32 is over the limit, or where the bundled file already is (docs/bundled-models.md)
+        half = args.half or src.stat().st_size / 2**20 > LIMIT_MB or (dst.exists() and stored_half(dst))
+        checkpoint.export_model(src, dst, half=half)
         dtype = "fp16" if stored_half(dst) else "fp32"  # also fp16 where the run's own file is (gpu_session.py sudoku)
         size = dst.stat().st_size / 2**20
         shift = logit_change(model, dst)
