@@ -38,7 +38,7 @@ def test_json_samples_keep_the_prompt_and_the_cache_changes_nothing(run):
 
 @pytest.mark.parametrize("args,words", [
     (["--prompt", "First\u00e9\u20ac"], "outside this run's vocabulary"),
-    (["--prompt", "First", "--length", "3"], "more than the length asked for (3)"),
+    (["--prompt", "First", "--length", "3"], "more than --length 3"),
     (["-k", "0"], "between 1 and the model's block size, 4"),
     (["-k", "5"], "between 1 and the model's block size, 4"),
     (["--nfe", "3"], "--steps-per-block"),

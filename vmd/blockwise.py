@@ -94,26 +94,28 @@ class BlockView:
 MAX_LENGTH = 1_000_000  # tokens a sample may have: bounds the memory a length can ask for
 
 
-def check_generation(model, length: int, steps_per_block: int, prompt_tokens: int = 0) -> None:
+def check_generation(model, length: int, steps_per_block: int, prompt_tokens: int = 0,
+                     names: tuple[str, str] = ("the length", "steps per block")) -> None:
     """A generation's numbers against the model, before any work: a ``ConfigError`` naming the first
     that does not fit. ``generate_blocks`` runs it; ``vmd sample``, ``vmd eval`` and ``vmd play`` run
-    it first, so that their error is this one line."""
-    bs = model.block_size
+    it first, so that their error is this one line, with ``names`` their options for the length and
+    the steps per block (e.g. ``("--length", "--steps-per-block")``)."""
+    bs, (length_is, steps_are) = model.block_size, names
     if length < 1:
-        raise ConfigError(f"the length must be at least 1 token, got {length}")
+        raise ConfigError(f"{length_is} must be at least 1 token, got {length}")
     if length > MAX_LENGTH:
-        raise ConfigError(f"a length of {length:,} is more than the {MAX_LENGTH:,} tokens a sample may have (each "
+        raise ConfigError(f"{length_is} {length:,} is more than the {MAX_LENGTH:,} tokens a sample may have (each "
                           "sample's tokens are held in memory from the start)")
     if not 1 <= steps_per_block <= bs:
-        raise ConfigError(f"steps per block must be between 1 and the model's block size, {bs}, got {steps_per_block}"
+        raise ConfigError(f"{steps_are} must be between 1 and the model's block size, {bs}, got {steps_per_block}"
                           + (" (a one-block model: its steps over the whole sequence)" if model.blocks == 1 else ""))
     if prompt_tokens > length:
-        raise ConfigError(f"the prompt has {prompt_tokens} tokens, more than the length asked for ({length})")
+        raise ConfigError(f"the prompt has {prompt_tokens} tokens, more than {length_is} {length}")
     if model.blocks == 1 and length > model.length:
-        raise ConfigError(f"a one-block model (MDM) makes sequences of its length, {model.length} tokens: a length "
-                          f"of {length} is out of its reach")
+        raise ConfigError(f"a one-block model (MDM) makes sequences of its length, {model.length} tokens: "
+                          f"{length_is} {length} is out of its reach")
     if length > model.length and not model.trunk.rotary:
-        raise ConfigError(f"a length of {length} is past this model's {model.length} learned positions (a model "
+        raise ConfigError(f"{length_is} {length} is past this model's {model.length} learned positions (a model "
                           "trained with model.positions: rotary slides past its length)")
 
 

@@ -77,6 +77,7 @@ def task_label(cfg: C.Config) -> str:
 
 
 MODEL_HELP = f"The model: {NAMES_HELP}."
+GENERATION_OPTIONS = ("--length", "--steps-per-block")  # the names vmd.blockwise.check_generation says
 STEPS_PER_BLOCK_HELP = ("Text: denoising steps per block, 1 to the block size \\[default: the run's sample.nfe, at "
                         "most the block size].")
 LENGTH_HELP = ("Text: tokens per sample, prompt included \\[default: the model's length]; past it a model with "

@@ -15,7 +15,7 @@ from rich.text import Text
 
 from vmd.blockwise import MAX_LENGTH, check_generation, generate_blocks
 from vmd.runtime.errors import DataError
-from vmd_cli.common import load_any, model_label
+from vmd_cli.common import GENERATION_OPTIONS, load_any, model_label
 from vmd_cli.console import err, fail, out
 
 DEFAULT_TEXT_MODEL = "shakespeare-block4"
@@ -52,7 +52,7 @@ def sample_text(model, cfg, task, source: str, dev, *, n: int, length: Optional[
     length = model.length if length is None else length
     steps = min(sc.nfe, model.block_size) if steps is None else steps
     ids = task.encode_prompt(prompt)
-    check_generation(model, length, steps, ids.numel())
+    check_generation(model, length, steps, ids.numel(), GENERATION_OPTIONS)
     if batch_size < 1 or n < 1:
         fail("-n and --batch-size must be >= 1")
     schedule = make_schedule(cfg.diffusion.schedule)
@@ -153,7 +153,7 @@ def eval_quality(model, cfg, step, dev, task, source: str, *, samples: int, step
 
     steps_list = steps_list or [k for k in (1, 2, 4) if k <= model.block_size]
     for k in steps_list:
-        check_generation(model, model.length, k)
+        check_generation(model, model.length, k, names=GENERATION_OPTIONS)
     judge, judge_name = load_judge(judge_source, task, dev, model.length)
     if judge is not None and judge.length != model.length:
         fail(f"the judge reads {judge.length} tokens, this model makes {model.length}")

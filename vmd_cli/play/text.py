@@ -18,7 +18,7 @@ from textual.widgets import Footer, Input, Label, Static
 
 from vmd.blockwise import check_generation, generate_blocks
 from vmd.runtime.errors import ConfigError, DataError
-from vmd_cli.common import load_any, model_label, task_label
+from vmd_cli.common import GENERATION_OPTIONS, load_any, model_label, task_label
 from vmd_cli.console import fail
 from vmd_cli.play.playback import SPEED_BINDINGS, STEP_BINDINGS, Playback
 
@@ -150,7 +150,7 @@ def build_text_app(bd3: Optional[str] = None, vmd: Optional[str] = None, prompt:
     steps = min(sc.nfe, left[0].block_size, right[0].block_size) if steps_per_block is None else steps_per_block
     ids = right[2].encode_prompt(prompt)
     for model, *_ in (left, right):
-        check_generation(model, length, steps, ids.numel())
+        check_generation(model, length, steps, ids.numel(), GENERATION_OPTIONS)
     settings = TextSettings(prompt, length, steps, seed, strategy or sc.strategy, sc.temperature, sc.z_policy)
     sides = [TextSide(title, model, make_schedule(cfg.diffusion.schedule)) for model, cfg, _, title in (left, right)]
     return PlayApp(lambda: TextScreen(sides[0], sides[1], right[2], settings))
