@@ -164,3 +164,22 @@ def test_a_signal_while_the_data_is_made_is_one_word_and_leaves_nothing(tmp_path
     rc, _, err = finish(proc, timeout=30)
     assert rc == code and err.strip().splitlines()[-1] == word and "Traceback" not in err, err
     assert not any((tmp_path / "cache").rglob("*.safetensors*"))
+
+
+def test_a_sigterm_after_the_error_is_said_ends_quietly(tmp_path):
+    """A launcher stops the other ranks with SIGTERM while one is leaving after its own error: the
+    signal then lands in an exit handler, and must end the process, not print a traceback from it."""
+    code = ("import atexit, sys, time\n"
+            "atexit.register(time.sleep, 30)\n"  # a slow exit handler, as torch's own can be
+            f"sys.argv = ['vmd', 'eval', {str(tmp_path / 'no-run')!r}]\n"
+            "from vmd_cli.main import main\n"
+            "main()\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], env=ENV, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    for line in proc.stderr:  # the error is said: the process is in its exit handlers
+        if line.startswith("error:"):
+            break
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    rc, _, err = finish(proc, timeout=20)
+    assert rc == -signal.SIGTERM and "Traceback" not in err and "Terminated" not in err, err

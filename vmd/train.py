@@ -5,6 +5,7 @@ resume. Progress goes to a callback (the CLI draws it); rank 0 alone writes the 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import signal
 import time
@@ -103,7 +104,11 @@ class Trainer:
         if self.world.distributed:  # the same initial weights everywhere (seeded), broadcast from rank 0 anyway
             ids = [self.device.index] if self.device.type == "cuda" else None
             # after freezing (DDP waits for the gradients of what requires them); the buffers are constants
-            self.net = torch.nn.parallel.DistributedDataParallel(self.net, device_ids=ids, broadcast_buffers=False)
+            ddp = torch.nn.parallel.DistributedDataParallel
+            # torch 2.13 renamed broadcast_buffers (and warns at the old name); older torches know only that
+            no_sync = {"forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp).parameters
+                       else "broadcast_buffers": False}
+            self.net = ddp(self.net, device_ids=ids, **no_sync)
             if self.world.rank:  # dropout draws from the global generator: its own masks on each rank
                 torch.manual_seed(distributed.shard_seeds(cfg.train.seed, self.world.rank * cfg.train.accumulate)[1] + 1)
         # fused on CPU and CUDA: one kernel per parameter, where the CPU foreach fallback runs a loop

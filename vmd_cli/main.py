@@ -305,6 +305,9 @@ def main() -> None:
     except KeyboardInterrupt as e:
         err.print("terminated" if isinstance(e, Terminated) else "interrupted")
         code = 143 if isinstance(e, Terminated) else 130
+    # said and done: a SIGTERM from here on (a launcher stopping the ranks after this one's error)
+    # ends the process as SIGTERM does, not as a traceback out of an exit handler
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     sys.exit(code if isinstance(code, int) else 0)
 
 
