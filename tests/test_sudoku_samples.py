@@ -63,3 +63,19 @@ def test_a_puzzle_without_a_completion_is_marked_and_bad_samples_are_one_line(tm
     assert r.stdout.splitlines()[0] == STUCK  # given back as it was
     bad = vmd("solve", path, "--samples", "0")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "--samples >= 1" in bad.stderr
+    bad = vmd("solve", path, "--temperature", "-1")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "--temperature must be" in bad.stderr
+
+
+def test_temperature_and_order_default_to_the_models_and_make_a_solver_a_sampler(tmp_path):
+    """The bundled solver fills by margin at temperature 0 unless told; at temperature 1 in random
+    order, eight samples of an empty board are eight different valid grids."""
+    path = tmp_path / "empty.txt"
+    path.write_text(EMPTY + "\n")
+    r = vmd("solve", path, "--samples", "8", "--nfe", "81", "--format", "line")
+    assert r.returncode == 0 and "top-margin, temperature 0" in r.stderr, r.stderr
+    r = vmd("solve", path, "--samples", "8", "--nfe", "81", "--format", "line", "--temperature", "1",
+            "--strategy", "random")
+    assert r.returncode == 0 and "random, temperature 1" in r.stderr, r.stderr
+    grids = r.stdout.split()
+    assert len(grids) >= 7 and all(count_solutions([int(c) for c in g], 2) == 1 for g in grids)

@@ -56,7 +56,11 @@ def solve(
     file: str = typer.Argument(..., help="Puzzle file: 81-character lines, 9x9 grids (with or without borders) or CSV; - for stdin."),
     nfe: int = typer.Option(10, help="Denoiser calls (steps) per puzzle. Steps with nothing left to reveal cost "
                             "nothing, so NFE above a puzzle's blanks solves it as NFE = its blanks."),
-    strategy: str = typer.Option("top-margin", help="Which cells to fill first: random, top-prob, top-margin."),
+    strategy: Optional[str] = typer.Option(None, help="Which cells to fill first: random, top-prob, top-margin "
+                                           "\\[default: the model's, top-margin for the solvers, random for the "
+                                           "generators]."),
+    temperature: Optional[float] = typer.Option(None, help="Value temperature, 0 for argmax \\[default: the model's, 0 "
+                                                "for the solvers, 1 for the generators]. A generator samples at 1."),
     model: Optional[str] = typer.Option(None, help=f"The model: {NAMES_HELP} \\[default: sudoku-vmd]."),
     restarts: int = typer.Option(0, help="Retry each failed puzzle up to K times, with fresh z draws and a perturbed fill order."),
     fmt: str = typer.Option("grid", "--format", help="Output: grid (drawn); line (81 characters a puzzle: the solution, or "
@@ -80,19 +84,22 @@ def solve(
         fail(f"unknown --format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if restarts < 0 or (batch_size is not None and batch_size < 1) or (samples is not None and samples < 1):
         fail("--restarts must be >= 0, --batch-size and --samples >= 1")
-    C.from_dict({"sample": {"nfe": nfe, "strategy": strategy}, **({"device": {"device": device}} if device else {})})
+    if temperature is not None and not 0 <= temperature < float("inf"):
+        fail(f"--temperature must be a number >= 0, got {temperature}")
+    C.from_dict({"sample": {"nfe": nfe, **({"strategy": strategy} if strategy else {})},
+                 **({"device": {"device": device}} if device else {})})
     puzzles = read_puzzles(file)
     net, cfg, _, dev = load_sudoku_model(model, device)
+    strategy = strategy or cfg.sample.strategy
+    temperature = cfg.sample.temperature if temperature is None else temperature
     grids, _ = puzzles_to_tensors(puzzles)
-    options = dict(nfe=nfe, strategy=strategy, restarts=restarts, batch_size=batch_size, seed=seed,
-                   z_policy=cfg.sample.z_policy, schedule=cfg.diffusion.schedule, device=dev)
+    options = dict(nfe=nfe, strategy=strategy, temperature=temperature, restarts=restarts, batch_size=batch_size,
+                   seed=seed, z_policy=cfg.sample.z_policy, schedule=cfg.diffusion.schedule, device=dev)
     if samples is not None:
         return show_completions(net, puzzles, grids, samples, fmt, options)
     t0 = time.perf_counter()
     with progress_bar("solve", len(puzzles)) as (bar, task):
-        result = solve_puzzles(net, grids, nfe=nfe, strategy=strategy, restarts=restarts, batch_size=batch_size,
-                               seed=seed, z_policy=cfg.sample.z_policy, schedule=cfg.diffusion.schedule, device=dev,
-                               on_batch=lambda k: bar.advance(task, k))
+        result = solve_puzzles(net, grids, on_batch=lambda k: bar.advance(task, k), **options)
     seconds = time.perf_counter() - t0
     for p, g, ok in zip(puzzles, result.grids.tolist(), result.solved.tolist()):
         if fmt == "json":
@@ -105,7 +112,8 @@ def solve(
             out.print(draw(p.grid, g, set() if ok else conflicts(g)))
     solved = int(result.solved.sum())
     err.print(f"solved {solved}/{len(puzzles)} in {seconds:.2f} s ({len(puzzles) / max(seconds, 1e-9):.1f} puzzles/s), "
-              f"NFE {nfe}, {strategy}" + (f", up to {restarts} restarts" if restarts else ""), highlight=False)
+              f"NFE {nfe}, {strategy}" + (f", temperature {temperature:g}" if temperature else "")
+              + (f", up to {restarts} restarts" if restarts else ""), highlight=False)
     if solved < len(puzzles):
         missed = [p.source for p, ok in zip(puzzles, result.solved.tolist()) if not ok]
         more = f" and {len(missed) - 10} more" if len(missed) > 10 else ""
@@ -143,7 +151,8 @@ def show_completions(net, puzzles, grids, samples: int, fmt: str, options: dict)
     valid = sum(c.valid for c in found)
     distinct = sum(len(c.distinct) for c in found)
     err.print(f"{some}/{len(puzzles)} puzzles got at least one valid completion; {valid}/{len(puzzles) * samples} "
-              f"samples valid, {distinct} distinct, in {seconds:.2f} s; NFE {options['nfe']}, {options['strategy']}",
+              f"samples valid, {distinct} distinct, in {seconds:.2f} s; NFE {options['nfe']}, {options['strategy']}, "
+              f"temperature {options['temperature']:g}",
               highlight=False, soft_wrap=True)
     if some < len(puzzles):
         missed = [p.source for p, c in zip(puzzles, found) if not c.distinct]
