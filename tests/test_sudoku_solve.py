@@ -347,3 +347,18 @@ def test_trace_is_solves_first_attempt_and_keeps_a_frame_for_every_step():
             assert all((v == 0) == (f > k) for v, f in zip(tr.frames[k], tr.filled_at))
         alone = solve(model, torch.tensor([puzzle]), nfe=nfe, strategy="random", seed=seed, z_policy="step")
         assert alone.grids[0].tolist() == tr.frames[-1]
+
+
+def test_a_trace_draws_at_its_temperature():
+    """The playground's trace samples values at the model's temperature: at 0 an MDM fills an empty
+    board the same way whatever the seed, at 1 two seeds make two grids."""
+    from vmd.checkpoint import load_model
+    from vmd.models import bundled_path
+    from vmd.sudoku.solve import trace
+
+    model = load_model(bundled_path("sudoku-mdm"))[0].eval()
+    empty = [0] * 81
+    cold = [trace(model, empty, nfe=20, seed=s).frames[-1] for s in (0, 1)]
+    warm = [trace(model, empty, nfe=20, seed=s, temperature=1.0).frames[-1] for s in (0, 1)]
+    assert cold[0] == cold[1] and warm[0] != warm[1]
+    assert all(v > 0 for v in warm[0])  # every cell filled

@@ -191,9 +191,9 @@ class Trace:
 
 @torch.no_grad()
 def trace(model, puzzle, *, nfe: int, strategy: str = "top-margin", seed: int = 0, z_policy: str = "once",
-          schedule: str = "linear", device="cpu") -> Trace:
+          schedule: str = "linear", temperature: float = 0.0, device="cpu") -> Trace:
     """Solve one puzzle (81 digits, 0 blank) and keep every intermediate grid: the first attempt of
-    ``solve`` with this seed, temperature 0 (the same draws). The seed fixes the latent draws of a
+    ``solve`` with this seed and temperature (the same draws). The seed fixes the latent draws of a
     VMD: a new seed is a new z."""
     p = torch.tensor([list(puzzle)])
     frames = [list(puzzle)]
@@ -205,7 +205,7 @@ def trace(model, puzzle, *, nfe: int, strategy: str = "top-margin", seed: int = 
         for i in step.revealed[0].nonzero().flatten().tolist():
             filled_at[i] = step.index
 
-    generate(model, to_tokens(p).to(device), nfe=nfe, strategy=strategy, temperature=0.0, z_policy=z_policy,
+    generate(model, to_tokens(p).to(device), nfe=nfe, strategy=strategy, temperature=temperature, z_policy=z_policy,
              schedule=make_schedule(schedule), generator=puzzle_generators(p, seed), callback=keep)
     frames.extend([frames[-1]] * (nfe + 1 - len(frames)))
     return Trace(frames, filled_at, model.has_latent)

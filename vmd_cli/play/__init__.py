@@ -16,13 +16,13 @@ DEFAULT_PUZZLE_SEED = 7
 
 
 def _model(source: Optional[str], bundled: str):
-    """(model, its z policy, its board's title): the title says what the model is, whichever
-    option named it, and where it came from when that is not the bundled default."""
+    """(model, its z policy, its board's title, its sample settings): the title says what the model
+    is, whichever option named it, and where it came from when that is not the bundled default."""
     from vmd_cli.sudoku import load_sudoku_model
 
     model, cfg, _, _ = load_sudoku_model(source, "cpu", bundled)
     kind = cfg.method.upper()
-    return model, cfg.sample.z_policy, kind if source is None else f"{kind} {Path(source).name}"
+    return model, cfg.sample.z_policy, kind if source is None else f"{kind} {Path(source).name}", cfg.sample
 
 
 def build_app(mdm: Optional[str] = None, vmd: Optional[str] = None, puzzle: Optional[str] = None,
@@ -39,8 +39,8 @@ def build_app(mdm: Optional[str] = None, vmd: Optional[str] = None, puzzle: Opti
     from vmd_cli.play.app import PlayApp
     from vmd_cli.play.sudoku import Settings, SudokuScreen
 
-    strategy = strategy or "top-margin"
     models = _model(mdm, "sudoku-mdm"), _model(vmd, "sudoku-vmd")
+    strategy = strategy or models[1][3].strategy  # the VMD's own: top-margin for the solvers, random for generators
     puzzles = read_puzzles(puzzle) if puzzle else []
     first = puzzles[0] if puzzles else Puzzle(make_puzzle(random.Random(DEFAULT_PUZZLE_SEED), 30, 36)[0], None,
                                               "generated easy")
@@ -75,8 +75,8 @@ def play(
                                          "\\[default: none]."),
     steps_per_block: Optional[int] = typer.Option(None, "--steps-per-block", "-k", help=STEPS_PER_BLOCK_HELP),
     length: Optional[int] = typer.Option(None, help=LENGTH_HELP),
-    strategy: Optional[str] = typer.Option(None, help="random, top-prob or top-margin \\[default: top-margin; text: "
-                                           "the VMD run's]."),
+    strategy: Optional[str] = typer.Option(None, help="random, top-prob or top-margin \\[default: the VMD model's: "
+                                           "top-margin for the Sudoku solvers, random for the generators]."),
     seed: int = typer.Option(0, help="Sampling seed (the latent draws of the VMD; text: both sides' draws)."),
 ):
     """Watch an MDM and a VMD fill the same Sudoku step by step, side by side (--text: a BD3 and a block VMD

@@ -44,6 +44,7 @@ class Side:
     name: str
     model: object
     z_policy: str
+    temperature: float = 0.0  # the model's own: 0 for the solvers, 1 for the generators
     trace: Trace | None = None
     draws: int = 0  # how many times z was drawn anew (the VMD side's seed offset)
     solved: bool = False
@@ -94,7 +95,7 @@ class SudokuScreen(Playback, Screen):
     def __init__(self, mdm, vmd, settings: Settings, puzzle: Puzzle):
         """``mdm`` and ``vmd``: (model, z policy, board title) for the left and right boards."""
         super().__init__()
-        self.sides = {"mdm": Side(mdm[2], mdm[0], mdm[1]), "vmd": Side(vmd[2], vmd[0], vmd[1])}
+        self.sides = {key: Side(m[2], m[0], m[1], m[3].temperature) for key, m in (("mdm", mdm), ("vmd", vmd))}
         self.settings = settings
         self.puzzle = puzzle
         self.rng = random.Random(settings.seed)
@@ -127,7 +128,8 @@ class SudokuScreen(Playback, Screen):
         for key in which:
             side = self.sides[key]
             seed = self.settings.seed + 1000 * side.draws
-            out[key] = trace(side.model, grid, nfe=nfe, strategy=strategy, seed=seed, z_policy=side.z_policy)
+            out[key] = trace(side.model, grid, nfe=nfe, strategy=strategy, seed=seed, z_policy=side.z_policy,
+                             temperature=side.temperature)
         self.app.call_from_thread(self.show_traces, out, grid, nfe, strategy)
 
     def show_traces(self, traces, grid, nfe, strategy) -> None:
