@@ -4,6 +4,10 @@ docs/results-sudoku-open.md.
     python bench/sudoku_open.py                                   # the bundled models
     python bench/sudoku_open.py --mdm RUN --vmd RUN --seeds 0,1,2
     python bench/sudoku_open.py --sets empty,two --puzzles 4 --samples 20 --nfe 5,20   # a quick look
+    python bench/sudoku_open.py --mdm runs/gen/mdm-cont --vmd runs/gen/vmd-cont --section "continuous time"
+
+Each run writes (or replaces) its ``--section`` of the page and of the JSON beside it, keeping the
+other sections and the hand-written reading from "## What it shows" on.
 
 For each open set (vmd.sudoku.open: empty boards; puzzles with exactly 2 solutions; 10-100; at
 least 1,000), each NFE and each model, ``--samples`` independent completions of each of the
@@ -18,12 +22,18 @@ draws it. Reported, mean over seeds (min-max):
   solution, pooled over its puzzles (0.5 is an even sampler; 0 one that always finds the same);
 - p: the exact McNemar p-value of MDM against VMD on per-sample validity, seed 0 (the samples of
   one puzzle are not independent draws of the population of puzzles: read it as a guide).
+
+Beside it, each model's bound on held-out complete grids (``--grids`` of them, drawn apart from
+any training pool) in bits per cell: the k-step sampler's bound (vmd/steps.py) at each NFE, and
+the continuous-time NELBO. Every grid equally likely would cost log2(6,670,903,752,021,072,936,960)
+/ 81 = 0.895 bits per cell; the bound's excess over that is what a k-step sampler loses.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 from datetime import date
@@ -31,16 +41,23 @@ from pathlib import Path
 
 import torch
 
-from _docs import made_by
+from _docs import made_by, write_sections
 from vmd.checkpoint import load_model
+from vmd.evaluate import likelihood
 from vmd.models import bundled_path
 from vmd.rng import sample_generators
 from vmd.sudoku.evaluate import paired_difference
 from vmd.sudoku.open import OPEN_SETS, describe, open_set
+from vmd.sudoku.data import solution_grids
 from vmd.sudoku.solve import solve
+from vmd.tasks.sudoku import to_tokens
 
 ROOT = Path(__file__).resolve().parent.parent
 NFES = "1,2,5,10,20,40,81"
+TITLE = "Sudoku with many answers: MDM and VMD as generators"
+HAND = "## What it shows"
+HELD_OUT_SEED = 7  # held-out grids: training pools use seed 0
+UNIFORM_BITS = math.log2(6_670_903_752_021_072_936_960) / 81  # every valid grid equally likely
 
 
 def sample_many(model, cfg, puzzles: torch.Tensor, samples: int, *, nfe: int, strategy: str,
@@ -88,6 +105,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0", help="sampling seeds, comma-separated [0]")
     ap.add_argument("--strategy", default="random", help="random, top-prob or top-margin [random]")
     ap.add_argument("--temperature", type=float, default=1.0, help="value temperature; 0 is argmax [1]")
+    ap.add_argument("--grids", type=int, default=256, help="held-out complete grids for the bounds [256]")
+    ap.add_argument("--section", default="The bundled models", help="the page's section this run writes")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results-sudoku-open.md")
     args = ap.parse_args()
     sets = args.sets.split(",")
@@ -119,8 +138,10 @@ def main() -> None:
             m, v = (statistics.mean(r["valid"] for r in found[k]) for k in ("MDM", "VMD"))
             print(f"{name} NFE {nfe}: valid MDM {100 * m:.1f}% VMD {100 * v:.1f}% ({time.perf_counter() - t0:.0f} s)",
                   flush=True)
-    lines = ["# Sudoku with many answers: MDM and VMD as generators", "",
-             made_by("bench/sudoku_open.py") + f" {date.today()}. {args.puzzles} puzzles per set, "
+    grids = to_tokens(solution_grids(args.grids, HELD_OUT_SEED))
+    bounds = {label: {k: likelihood(model, grids, cfg, steps=min(k, 81), seed=0)["bits"] for k in [*nfes, 0]}
+              for label, (model, cfg, _) in models.items()}
+    lines = [made_by("bench/sudoku_open.py") + f" {date.today()}. {args.puzzles} puzzles per set, "
              f"{args.samples} completions each, strategy {args.strategy}, temperature {args.temperature}, seeds "
              f"{args.seeds}; mean over seeds (min-max). Column meanings: the module doc of bench/sudoku_open.py.", ""]
     lines += [f"- {label}: {desc}" for label, (_, _, desc) in models.items()]
@@ -135,10 +156,18 @@ def main() -> None:
                      f"{spread([x['distinct'] for x in r['VMD']], '{:.1f}')} | "
                      f"{spread([x['rarer'] for x in r['MDM']], '{:.2f}') if two else '-'} | "
                      f"{spread([x['rarer'] for x in r['VMD']], '{:.2f}') if two else '-'} |")
+    lines += ["", f"Bound on {args.grids} held-out complete grids, bits per cell (uniform over all grids: "
+              f"{UNIFORM_BITS:.3f}):", "",
+              "| model | " + " | ".join(f"{k}-step" for k in nfes) + " | continuous |",
+              "|---|" + "---|" * (len(nfes) + 1)]
+    lines += [f"| {label} | " + " | ".join(f"{b[k]:.3f}" for k in [*nfes, 0]) + " |" for label, b in bounds.items()]
     text = "\n".join(lines) + "\n"
     print(text)
-    args.out.write_text(text)
-    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+    write_sections(args.out, TITLE, {args.section: text}, HAND)
+    data = args.out.with_suffix(".json")
+    old = json.loads(data.read_text()) if data.exists() else {}
+    section = {"samples": rows, "bounds": bounds}
+    data.write_text(json.dumps({**(old if isinstance(old, dict) else {}), args.section: section}, indent=1))
     print(f"wrote {args.out}")
 
 

@@ -21,7 +21,11 @@ def test_the_generator_bench_measures_valid_distinct_and_rarer(tmp_path):
     out = tmp_path / "open.md"
     r = bench(tmp_path, "--sets", "empty,two", "--puzzles", "2", "--samples", "6", "--nfe", "81", "--out", str(out))
     assert r.returncode == 0, r.stderr[-2000:]
-    rows = json.loads(out.with_suffix(".json").read_text())
+    (section,) = json.loads(out.with_suffix(".json").read_text()).values()
+    rows = section["samples"]
+    for model in ("MDM", "VMD"):  # the 81-step bound is the any-order NLL, the NELBO's value in expectation
+        bits = section["bounds"][model]  # (the bundled solvers never saw an empty board: far above 0.895)
+        assert 0.895 < bits["0"] and abs(bits["81"] - bits["0"]) < 0.05 * bits["0"], bits
     assert [(row["set"], row["nfe"]) for row in rows] == [("empty", 81), ("two", 81)]
     for row in rows:
         assert 0 <= row["p"] <= 1
@@ -32,7 +36,15 @@ def test_the_generator_bench_measures_valid_distinct_and_rarer(tmp_path):
             if row["set"] == "two":
                 assert m["distinct"] <= 2 and (m["rarer"] != m["rarer"] or 0 <= m["rarer"] <= 0.5)
     page = out.read_text()
-    assert "| empty | 81 |" in page and "bundled sudoku-vmd" in page
+    assert "| empty | 81 |" in page and "bundled sudoku-vmd" in page and "## The bundled models" in page
+    # a second run writes its own section, and the reading by hand stays where it was
+    out.write_text(page + "\n## What it shows\n\nread by hand\n")
+    r = bench(tmp_path, "--sets", "empty", "--puzzles", "1", "--samples", "2", "--nfe", "1", "--out", str(out),
+              "--section", "another pair")
+    assert r.returncode == 0, r.stderr[-2000:]
+    page = out.read_text()
+    assert page.index("## The bundled models") < page.index("## another pair") < page.index("read by hand")
+    assert set(json.loads(out.with_suffix(".json").read_text())) == {"The bundled models", "another pair"}
 
 
 def test_bad_options_are_one_line(tmp_path):
