@@ -80,3 +80,25 @@ def test_bad_starting_points_are_clear_errors(tmp_path):
         Trainer.create(tiny("mdm", train={"init_from": str(tmp_path / "vmd")}), tmp_path / "c")
     with pytest.raises(ConfigError, match="freeze_denoiser"):
         tiny("vmd", train={"freeze_denoiser": True})
+
+
+def test_a_mixture_started_from_an_mdm_has_its_trunk_and_heads_spread_around_its_head():
+    """Each of the K heads starts as the MDM's head plus a little noise (equal heads would get equal
+    gradients and stay equal), so that the mixture's marginal starts close to the MDM's."""
+    mixture = {**SUDOKU, "latent": {"kind": "mixture", "components": 4, "prior": "normal"}, "diffusion": {"steps": 10}}
+    mdm, task = build(tiny("mdm", **SUDOKU))
+    mix, _ = build(tiny("vmd", **mixture))
+    start_from(mix, mdm, "test")
+    heads = mix.head.heads.weight.detach().view(4, task.vocab, -1)
+    src = mdm.state_dict()
+    shared = [name for name in mix.state_dict() if name in src]
+    assert len(shared) > 10 and all(torch.equal(mix.state_dict()[n], src[n]) for n in shared)
+    assert not torch.equal(heads[0], heads[1])  # spread apart
+    spread = float((heads - mdm.head.weight.detach()).std() / mdm.head.weight.detach().std())
+    assert 0.05 < spread < 0.2, spread
+    xt = torch.randint(0, task.vocab + 1, (5, task.length))
+    with torch.no_grad():
+        gap = (mix(xt).marginal().exp() - torch.softmax(mdm(xt), -1)).abs().max()
+    assert gap < 0.05
+    with pytest.raises(CheckpointError, match="a mixture cannot start an MDM"):
+        start_from(build(tiny("mdm", **SUDOKU))[0], mix, "test")

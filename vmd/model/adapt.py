@@ -41,7 +41,11 @@ def start_from(model: nn.Module, source: nn.Module, where: str) -> None:
     """Load ``source``'s weights into ``model``: all of them when both are MDMs or both VMDs
     (same config), or an MDM's denoiser into a VMD as the module docstring says."""
     src = source.state_dict()
-    if source.has_latent or not model.has_latent:
+    if bool(model.mixture) != bool(source.mixture) and not source.has_latent and not model.has_latent:
+        if source.mixture:
+            raise CheckpointError(f"train.init_from {where}: a mixture cannot start an MDM (it has no single head)")
+        state = _mixture_from(model, src, where)
+    elif source.has_latent or not model.has_latent:
         if source.has_latent != model.has_latent:
             raise CheckpointError(f"train.init_from {where}: a VMD cannot start an MDM (its denoiser reads z)")
         state = src
@@ -68,6 +72,35 @@ def start_from(model: nn.Module, source: nn.Module, where: str) -> None:
                                       "the model settings must match the source's")
         state[out_bias] = mod_bias.flatten()
     load_weights(model, state, f"train.init_from {where}", "weights do not fit this model")
+
+
+# the spread of a mixture's heads around the MDM head they start from, relative to its weights' spread:
+# equal heads get equal gradients (each class is as responsible as the others) and would stay equal
+HEAD_SPREAD = 0.1
+
+
+def _mixture_from(model: nn.Module, src: dict, where: str) -> dict:
+    """An MDM's weights for a mixture of the same denoiser (``latent.kind: mixture``): the trunk as
+    it is, each of the K heads the MDM's head plus a little noise (from the global generator, which
+    the run's seed set), the class weights uniform as initialised. Before its first step the
+    mixture's marginal is then close to the MDM's."""
+    state = dict(model.state_dict())
+    for name, value in src.items():
+        if name.startswith("head."):
+            continue
+        if name not in state or state[name].shape != value.shape:
+            ours = tuple(state[name].shape) if name in state else "absent"
+            raise CheckpointError(f"train.init_from {where}: {name} is {tuple(value.shape)} there and {ours} here; "
+                                  "the model settings must match the source's")
+        state[name] = value
+    k = model.mixture
+    weight, bias = src["head.weight"], src["head.bias"]
+    if state["head.heads.weight"].shape != (k * weight.shape[0], weight.shape[1]):
+        raise CheckpointError(f"train.init_from {where}: its head does not fit this model's vocabulary or width")
+    noise = torch.randn(k, *weight.shape) * (HEAD_SPREAD * float(weight.std()))
+    state["head.heads.weight"] = (weight[None] + noise).reshape(-1, weight.shape[1])
+    state["head.heads.bias"] = bias.repeat(k)
+    return state
 
 
 def freeze_denoiser(model: nn.Module) -> list[nn.Parameter]:
