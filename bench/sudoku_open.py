@@ -5,6 +5,7 @@ docs/results-sudoku-open.md.
     python bench/sudoku_open.py --mdm RUN --vmd RUN --seeds 0,1,2
     python bench/sudoku_open.py --sets empty,two --puzzles 4 --samples 20 --nfe 5,20   # a quick look
     python bench/sudoku_open.py --mdm runs/gen/mdm-cont --vmd runs/gen/vmd-cont --section "continuous time"
+    python bench/sudoku_open.py --write puzzles/ --puzzles 50     # the sets as files for vmd solve, no sampling
 
 Each run writes (or replaces) its ``--section`` of the page and of the JSON beside it, keeping the
 other sections and the hand-written reading from "## What it shows" on.
@@ -47,7 +48,7 @@ from vmd.evaluate import likelihood
 from vmd.models import bundled_path
 from vmd.rng import sample_generators
 from vmd.sudoku.evaluate import paired_difference
-from vmd.sudoku.open import OPEN_SETS, describe, open_set
+from vmd.sudoku.open import OPEN_SETS, describe, open_set, write_puzzles
 from vmd.sudoku.data import solution_grids
 from vmd.sudoku.solve import solve
 from vmd.tasks.sudoku import to_tokens
@@ -94,6 +95,18 @@ def spread(values: list[float], fmt: str) -> str:
     return mean if len(values) == 1 else f"{mean} ({fmt.format(min(values))}-{fmt.format(max(values))})"
 
 
+def write_sets(folder: Path, sets: list[str], n: int) -> None:
+    """Each open set's first ``n`` puzzles as a file; files already there are left alone (refused)."""
+    paths = {name: folder / f"open-{name}.txt" for name in sets}
+    there = [str(p) for p in paths.values() if p.exists()]
+    if there:
+        raise SystemExit(f"error: {', '.join(there)} already exist(s); give another --write folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, path in paths.items():
+        write_puzzles(open_set(name, n)[0], path)
+        print(f"wrote {path}: {n} {describe(name)}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mdm", default=None, help="MDM run or model file [bundled sudoku-mdm]")
@@ -106,6 +119,8 @@ def main() -> None:
     ap.add_argument("--strategy", default="random", help="random, top-prob or top-margin [random]")
     ap.add_argument("--temperature", type=float, default=1.0, help="value temperature; 0 is argmax [1]")
     ap.add_argument("--grids", type=int, default=256, help="held-out complete grids for the bounds [256]")
+    ap.add_argument("--write", type=Path, default=None, metavar="DIR",
+                    help="write each set's puzzles to DIR/open-SET.txt (the format vmd solve reads) and stop")
     ap.add_argument("--section", default="The bundled models", help="the page's section this run writes")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results-sudoku-open.md")
     args = ap.parse_args()
@@ -116,6 +131,9 @@ def main() -> None:
         ap.error("--nfe and --seeds take integers separated by commas")
     if not set(sets) <= set(OPEN_SETS) or min(nfes) < 1 or min(seeds) < 0 or args.puzzles < 1 or args.samples < 1:
         ap.error(f"--sets of {', '.join(OPEN_SETS)}; --nfe >= 1, --seeds >= 0, --puzzles and --samples >= 1")
+    if args.write:
+        write_sets(args.write, sets, args.puzzles)
+        return
     models = {}
     for label, source, name in (("MDM", args.mdm, "sudoku-mdm"), ("VMD", args.vmd, "sudoku-vmd")):
         model, cfg, step = load_model(Path(source) if source else bundled_path(name))

@@ -50,3 +50,18 @@ def test_the_generator_bench_measures_valid_distinct_and_rarer(tmp_path):
 def test_bad_options_are_one_line(tmp_path):
     r = bench(tmp_path, "--sets", "empty,lots")
     assert r.returncode == 2 and "Traceback" not in r.stderr and "--sets of" in r.stderr.strip().splitlines()[-1]
+
+
+def test_the_sets_are_written_as_files_vmd_solve_reads_and_never_over_a_users(tmp_path):
+    from vmd.sudoku.grid import read_puzzles
+    from vmd.sudoku.solver import count_solutions
+
+    r = bench(tmp_path, "--write", str(tmp_path / "sets"), "--sets", "empty,two", "--puzzles", "3")
+    assert r.returncode == 0, r.stderr[-2000:]
+    empty, two = (read_puzzles(str(tmp_path / "sets" / f"open-{s}.txt")) for s in ("empty", "two"))
+    assert len(empty) == len(two) == 3 and not any(any(p.grid) for p in empty)
+    assert all(count_solutions(list(p.grid), 3) == 2 for p in two)
+    mine = tmp_path / "sets" / "open-two.txt"
+    mine.write_text("my own\n")
+    r = bench(tmp_path, "--write", str(tmp_path / "sets"), "--sets", "two", "--puzzles", "3")
+    assert r.returncode == 1 and "already exist" in r.stderr and mine.read_text() == "my own\n"
