@@ -84,11 +84,11 @@ def measures(grids: torch.Tensor, valid: torch.Tensor, n: int, samples: int) -> 
         rarer += top[1] if len(top) > 1 else 0
         found += sum(top)
     return {"valid": float(valid.float().mean()), "distinct": statistics.mean(distinct),
-            "rarer": rarer / found if found else float("nan")}
+            "rarer": rarer / found if found else None}  # None: no valid sample to share out
 
 
 def spread(values: list[float], fmt: str) -> str:
-    values = [v for v in values if v == v]
+    values = [v for v in values if v is not None]
     if not values:
         return "-"
     mean = fmt.format(statistics.mean(values))
@@ -185,7 +185,8 @@ def main() -> None:
     data = args.out.with_suffix(".json")
     old = json.loads(data.read_text()) if data.exists() else {}
     section = {"samples": rows, "bounds": bounds}
-    data.write_text(json.dumps({**(old if isinstance(old, dict) else {}), args.section: section}, indent=1))
+    data.write_text(json.dumps({**(old if isinstance(old, dict) else {}), args.section: section}, indent=1,
+                               allow_nan=False))
     print(f"wrote {args.out}")
 
 
