@@ -73,3 +73,13 @@ def test_broken_yaml_file_is_a_config_error(tmp_path):
     f.write_text("train: {steps: [1,\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         C.load(file=f)
+
+
+def test_a_yaml_tag_that_would_build_a_python_object_is_refused_not_run(tmp_path):
+    marker = tmp_path / "ran"
+    f = tmp_path / "evil.yaml"
+    f.write_text(f"task: {{name: !!python/object/apply:pathlib.Path.touch [!!python/object/apply:pathlib.Path [{str(marker)!r}]]}}\n"
+                 "train: !!python/name:os.system\n")
+    with pytest.raises(ConfigError, match="not valid YAML.*python/"):
+        C.load(file=f)
+    assert not marker.exists()

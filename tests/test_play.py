@@ -182,3 +182,22 @@ def test_a_blank_board_counts_the_distinct_valid_grids_its_z_draws_find(monkeypa
         assert len(screen.sides["vmd"].found) == 1  # a new puzzle: counted afresh (its first run)
 
     drive(script, puzzle=None)
+
+
+def test_a_tiny_terminal_survives_a_storm_of_keys():
+    """40x10 and 150 keys drawn at random (the audit pressed 1,600 by hand): no exception, the app
+    still answers, and its boards are whole once the workers settle."""
+    import random
+
+    keys = ["space", "p", "r", "z", "right_square_bracket", "left_square_bracket", "s", "g", "h", "o", "b",
+            "plus", "minus", "left", "right", "question_mark", "escape", "e", "escape", "1", "enter"]
+    rng = random.Random(0)
+
+    async def script(app, pilot):
+        for _ in range(150):
+            await pilot.press(rng.choice(keys))
+        await pilot.press("escape", "escape")
+        await settle(app, pilot)
+        return app.is_running, app.screen.ready()
+
+    assert drive(script, size=(40, 10)) == (True, True)

@@ -1,4 +1,5 @@
 import hashlib
+import os
 import socket
 import zipfile
 from pathlib import Path
@@ -86,13 +87,17 @@ def test_a_task_rebuilt_from_its_state_needs_no_corpus(corpus):
         again.train_batch(1)
 
 
-def test_a_folder_is_its_files_in_name_order_and_a_bom_is_dropped(tmp_path):
+def test_a_folder_is_its_files_in_name_order_a_bom_dropped_and_fifos_and_loops_passed_over(tmp_path):
     folder = tmp_path / "books"
     folder.mkdir()
     (folder / "b.txt").write_text(prose(500, seed=2), encoding="utf-8")
     (folder / "a.txt").write_bytes(b"\xef\xbb\xbf" + prose(500, seed=1).encode())
     (folder / ".hidden").write_bytes(b"\xff not text, and not read")
     (folder / "sub").mkdir()
+    os.mkfifo(folder / "pipe")  # never opened: reading it would wait for a writer forever
+    (folder / "loop1").symlink_to("loop2")
+    (folder / "loop2").symlink_to("loop1")
+    (folder / "up").symlink_to("..")
     task = make_task(text_cfg(folder))
     task.prepare()
     whole = prose(500, seed=1) + "\n" + prose(500, seed=2)
