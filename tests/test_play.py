@@ -1,6 +1,7 @@
 """vmd play, driven headless by Textual's Pilot, with the bundled models."""
 
 import asyncio
+import random
 
 from vmd_cli.play import build_app
 from vmd_cli.play.board import Board
@@ -185,10 +186,8 @@ def test_a_blank_board_counts_the_distinct_valid_grids_its_z_draws_find(monkeypa
 
 
 def test_a_tiny_terminal_survives_a_storm_of_keys():
-    """40x10 and 150 keys drawn at random (the audit pressed 1,600 by hand): no exception, the app
-    still answers, and its boards are whole once the workers settle."""
-    import random
-
+    """40x10 and 150 keys drawn at random (the audit pressed 1,600 by hand): no exception, and once
+    the workers settle the app still runs with both sides' traces ready."""
     keys = ["space", "p", "r", "z", "right_square_bracket", "left_square_bracket", "s", "g", "h", "o", "b",
             "plus", "minus", "left", "right", "question_mark", "escape", "e", "escape", "1", "enter"]
     rng = random.Random(0)
